@@ -1,0 +1,38 @@
+"""widthwise: width-robust LLM pretraining.
+
+Learnable multipliers (arXiv 2601.04890) and robust layerwise LR/WD scaling (arXiv 2510.15262), with muP,
+AdamW and Muon, for any ``nn.Module``.
+"""
+
+from .clipping import clip_grad_norm_
+from .forward import apply_forward_multipliers
+from .initialization import init_weights
+from .multipliers import add_multipliers, fold_multipliers, multiplier_parameters
+from .optimizers import CombinedOptimizer, build_optimizer
+from .planning import ForwardMultiplier, ParamPlan, Plan, plan
+from .recipes import PRESETS, Recipe, get_recipe
+from .roles import Role, classify
+from .schedules import lr_schedule
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PRESETS",
+    "CombinedOptimizer",
+    "ForwardMultiplier",
+    "ParamPlan",
+    "Plan",
+    "Recipe",
+    "Role",
+    "add_multipliers",
+    "apply_forward_multipliers",
+    "build_optimizer",
+    "classify",
+    "clip_grad_norm_",
+    "fold_multipliers",
+    "get_recipe",
+    "init_weights",
+    "lr_schedule",
+    "multiplier_parameters",
+    "plan",
+]

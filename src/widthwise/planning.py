@@ -1,0 +1,263 @@
+"""The plan: every parameter's role, width multiplier, LR and WD factors and init, plus forward multipliers.
+
+``ww.plan(model, base=..., recipe=...)`` builds it; it prints as a table, round-trips through JSON/YAML
+(configs and checkpoints store it) and drives :func:`widthwise.init_weights` and
+:func:`widthwise.build_optimizer`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import yaml
+from torch import nn
+from torch.nn.utils import parametrize
+
+from . import rules
+from .recipes import Recipe, get_recipe, role_scaling
+from .roles import ParamSite, Role, classify, declared_head, matrix_axes, parameter_sites
+from .width import base_shapes, check_same_parameters, width_multiplier
+
+PLAN_VERSION = 1
+QUERY_NAMES = re.compile(r"^(q_proj|wq|query|q|to_q)$")
+QUERY_NORM_NAMES = re.compile(r"^(q_norm|query_norm|q_layernorm|q_ln)$")
+
+
+@dataclass(frozen=True)
+class ParamPlan:
+    """The plan for one parameter (canonical name; ``aliases`` are other names of a shared tensor)."""
+
+    name: str
+    role: Role
+    shape: tuple[int, ...]
+    width_mult: float
+    lr_factor: float
+    wd_factor: float | None  # None: absolute (multipliers take ``multiplier_weight_decay``)
+    init: str | None
+    init_std: float | None = None
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ForwardMultiplier:
+    """A fixed multiplier the recipe puts on a module's output: ``value * module(x)``.
+
+    ``kind`` is ``output`` (muP's head ``1/m``) or ``query`` (attention ``1/d_head``); ``tensors`` are the
+    module's tensors it multiplies (weight and bias, so the whole output is scaled).
+    """
+
+    module: str
+    kind: str
+    value: float
+    tensors: tuple[str, ...] = ("weight",)
+
+
+@dataclass
+class Plan:
+    """Roles, width multipliers and per-parameter scaling of one model under one recipe."""
+
+    recipe: Recipe
+    params: dict[str, ParamPlan]
+    forward_multipliers: list[ForwardMultiplier] = field(default_factory=list)
+
+    def __getitem__(self, name: str) -> ParamPlan:
+        return self.params[name]
+
+    def __iter__(self):
+        return iter(self.params.values())
+
+    def __len__(self) -> int:
+        return len(self.params)
+
+    def roles(self) -> dict[str, Role]:
+        return {name: p.role for name, p in self.params.items()}
+
+    def names(self, role: Role | str) -> list[str]:
+        return [name for name, p in self.params.items() if p.role == Role(role)]
+
+    def table(self, lr: float | None = None, weight_decay: float | None = None,
+              multiplier_weight_decay: float = 2e-3) -> str:
+        """The plan as a text table; with ``lr``/``weight_decay`` (base values) also the absolute values."""
+        header = ["name", "role", "shape", "width x", "lr x", "wd x", "lr*wd x", "init std"]
+        absolute = lr is not None and weight_decay is not None
+        if absolute:
+            header += ["lr", "wd", "lr*wd"]
+        rows = [header]
+        for p in self.params.values():
+            wd_x = "abs" if p.wd_factor is None else _g(p.wd_factor)
+            shrink = "-" if p.wd_factor is None else _g(p.lr_factor * p.wd_factor)
+            std = _g(p.init_std) if p.init == "normal" and p.init_std is not None else p.init or "-"
+            row = [p.name, p.role.value, "x".join(map(str, p.shape)) or "()", _g(p.width_mult),
+                   _g(p.lr_factor), wd_x, shrink, std]
+            if absolute:
+                wd = multiplier_weight_decay if p.wd_factor is None else weight_decay * p.wd_factor
+                row += [_g(lr * p.lr_factor), _g(wd), _g(lr * p.lr_factor * wd)]
+            rows.append(row)
+        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        title = f"widthwise plan: recipe={self.recipe.name} " + " ".join(
+            f"{k}={v}" for k, v in self.recipe.to_dict().items() if k != "name")
+        fwd = [f"forward multiplier: {f.module} ({f.kind}) x {f.value:.6g} on {', '.join(f.tensors)}"
+               for f in self.forward_multipliers]
+        return "\n".join([title, *lines, *fwd])
+
+    def __str__(self) -> str:
+        return self.table()
+
+    def to_dict(self) -> dict[str, Any]:
+        params = []
+        for p in self.params.values():
+            d = asdict(p)
+            d["role"] = p.role.value
+            d["shape"] = list(p.shape)
+            d["aliases"] = list(p.aliases)
+            params.append(d)
+        fwd = [{**asdict(f), "tensors": list(f.tensors)} for f in self.forward_multipliers]
+        return {"version": PLAN_VERSION, "recipe": self.recipe.to_dict(), "params": params, "forward_multipliers": fwd}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Plan:
+        if not isinstance(data, Mapping) or data.get("version") != PLAN_VERSION:
+            raise ValueError(f"not a widthwise plan of version {PLAN_VERSION}")
+        try:
+            params = {}
+            for d in data["params"]:
+                p = ParamPlan(**{**d, "role": Role(d["role"]), "shape": tuple(d["shape"]),
+                                 "aliases": tuple(d.get("aliases", ()))})
+                params[p.name] = p
+            fwd = [ForwardMultiplier(**{**f, "tensors": tuple(f["tensors"])})
+                   for f in data.get("forward_multipliers", [])]
+            return cls(Recipe.from_dict(data["recipe"]), params, fwd)
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"malformed widthwise plan: {err}") from None
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> Plan:
+        return cls.from_dict(json.loads(text))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> Plan:
+        return cls.from_dict(yaml.safe_load(text))
+
+
+def _g(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def _is_norm(site: ParamSite) -> bool:
+    leaf = site.module_name.rpartition(".")[2].lower()
+    return "norm" in type(site.module).__name__.lower() or "norm" in leaf or leaf.startswith("ln")
+
+
+def plan(
+    model: nn.Module,
+    base: nn.Module | None = None,
+    recipe: str | Recipe | Mapping[str, Any] = "robust",
+    *,
+    roles: Mapping[str, str] | None = None,
+    forward_multipliers: bool = True,
+    **recipe_overrides: Any,
+) -> Plan:
+    """Classify ``model``'s parameters, derive width multipliers against ``base`` and apply ``recipe``.
+
+    ``base`` is a smaller instance of the same model (it may live on the meta device); without it every
+    width multiplier is 1. ``roles`` overrides classification (regex -> role, first match wins).
+    ``forward_multipliers=False`` leaves out the recipe's fixed forward multipliers (head ``1/m``,
+    attention ``1/d_head``) for models that implement them themselves. Extra keyword arguments override
+    recipe fields, e.g. ``wd_exponent=1.0``. Add learnable multipliers before planning.
+    """
+    recipe_obj = get_recipe(recipe, **recipe_overrides)
+    sites = parameter_sites(model)
+    shapes = base_shapes(base) if base is not None else None
+    if shapes is not None:
+        check_same_parameters(sites, shapes)
+    role_map = classify(model, roles, shapes, sites)
+    params = {}
+    for name, site in sites.items():
+        role = role_map[name]
+        m = width_multiplier(site, role, None if shapes is None else shapes.get(name))
+        s = role_scaling(recipe_obj, role, m, site.tensor_name, _is_norm(site))
+        params[name] = ParamPlan(name, role, site.shape, m, s.lr, s.wd, s.init, s.init_std, tuple(site.aliases))
+    fwd = []
+    if forward_multipliers:
+        fwd = _head_multipliers(model, sites, role_map, shapes, recipe_obj)
+        fwd += _attention_multipliers(model, base, recipe_obj)
+    return Plan(recipe_obj, params, fwd)
+
+
+def _tensors(module: nn.Module) -> tuple[str, ...]:
+    has_bias = module._parameters.get("bias") is not None or parametrize.is_parametrized(module, "bias")
+    return ("weight", "bias") if has_bias else ("weight",)
+
+
+def _head_multipliers(model, sites, role_map, shapes, recipe) -> list[ForwardMultiplier]:
+    modules = dict(model.named_modules())
+    heads = {s.module_name: s for n, s in sites.items() if role_map[n] is Role.HEAD and s.tensor_name == "weight"}
+    declared = declared_head(model)
+    if declared is not None:  # a head tied to the embedding keeps the embedding's role but still gets 1/m
+        module_name = next(n for n, m in modules.items() if m is declared)
+        site = next((s for s in sites.values() if f"{module_name}.weight" in s.all_names), None)
+        if site is not None:
+            heads.setdefault(module_name, site)
+    result = []
+    for module_name, site in sorted(heads.items()):
+        module = modules[module_name]
+        m = 1.0
+        if shapes is not None:
+            in_axis = matrix_axes(module)[1]
+            m = site.shape[in_axis] / shapes[site.name][in_axis]
+        value = rules.output_multiplier(m, recipe.output_exponent)
+        if value != 1.0:
+            result.append(ForwardMultiplier(module_name, "output", value, _tensors(module)))
+    return result
+
+
+def _attention_multipliers(model: nn.Module, base: nn.Module | None, recipe: Recipe) -> list[ForwardMultiplier]:
+    if recipe.attention_scale == "standard":
+        return []
+    base_modules = dict(base.named_modules()) if base is not None else {}
+    result = []
+    for name, module in model.named_modules():
+        head_dim = getattr(module, "head_dim", None)
+        if not isinstance(head_dim, int):
+            if "attention" in type(module).__name__.lower() and not any(
+                isinstance(getattr(c, "head_dim", None), int) for c in module.modules()
+            ):
+                raise ValueError(
+                    f"recipe {recipe.name!r} scales attention logits as 1/d_head, but attention module {name!r} "
+                    f"({type(module).__name__}) exposes no integer `head_dim`; pass attention_scale='standard' "
+                    "(right when d_head does not change with width) or forward_multipliers=False if the model "
+                    "scales attention itself"
+                )
+            continue
+        children = dict(module.named_children())
+        query = next((c for c in children if QUERY_NAMES.match(c)), None)
+        query_norm = next((c for c in children if QUERY_NORM_NAMES.match(c)), None)
+        base_module = base_modules.get(name)
+        base_head_dim = getattr(base_module, "head_dim", head_dim) if base is not None else head_dim
+        value = rules.attention_query_multiplier(head_dim, base_head_dim, recipe.attention_scale)
+        if value == 1.0:
+            continue
+        if query_norm is not None:  # a norm after the projection would undo a scale on the projection
+            target, tensors = f"{name}.{query_norm}", _tensors(children[query_norm])
+        elif query is not None:
+            target, tensors = f"{name}.{query}", _tensors(children[query])
+        else:
+            raise ValueError(
+                f"recipe {recipe.name!r} needs a x{value:.4g} query multiplier in {name!r} but found no query "
+                f"projection among its children ({', '.join(children) or 'none'}; fused QKV is not supported); "
+                "pass attention_scale='standard' or forward_multipliers=False"
+            )
+        result.append(ForwardMultiplier(target, "query", value, tensors))
+    return result
