@@ -7,13 +7,13 @@ TORCH := torch==2.13.0
 
 .PHONY: test test-fast lint install clean
 
-$(VENV)/.installed-$(EXTRAS): pyproject.toml
+$(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(TORCH)
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
 	touch $@
 
-install: $(VENV)/.installed-$(EXTRAS)
+install: $(VENV)/.installed
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -72,10 +72,12 @@ def test_regex_placement_and_errors():
     assert added == ["model.layers.0.mlp.down_proj.weight", "model.layers.1.mlp.down_proj.weight"]
     with pytest.raises(ValueError, match="already has learnable multipliers"):
         ww.add_multipliers(model, placement=[r"mlp\.down_proj"])
-    with pytest.raises(ValueError, match="matches no parameter"):
+    with pytest.raises(ValueError, match=r"'nope' matches no 2-D weight of LlamaForCausalLM \(no parameter\)"):
         ww.add_multipliers(llama(64), placement=["nope"])
-    with pytest.raises(ValueError, match="2-D weights only"):
+    with pytest.raises(ValueError, match=r"'norm' matches no 2-D weight .*only 'model.layers.0.input_layernorm"):
         ww.add_multipliers(llama(64), placement=[r"norm"])
+    added = ww.add_multipliers(llama(64), placement=[r"layers\.0\."])  # matrices among what it matches
+    assert len(added) == 7
     with pytest.raises(ValueError, match="unknown multiplier kind 'diag'"):
         ww.add_multipliers(llama(64), kind="diag")
     with pytest.raises(ValueError, match="unknown placement 'most'"):

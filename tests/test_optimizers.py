@@ -131,3 +131,24 @@ def test_frozen_parameters_are_skipped(setup):
     model.model.embed_tokens.parametrizations.weight.original.requires_grad_(False)
     opt = ww.build_optimizer(model, plan)
     assert all(g["role"] != "embedding" for g in opt.param_groups)
+
+
+def test_wrapped_models_keep_their_plan(setup, tmp_path):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    model, plan = setup
+    n_params = len(list(model.parameters()))
+    compiled = torch.compile(model)  # names carry `_orig_mod.`; nothing compiles until it is called
+    assert sum(len(g["params"]) for g in ww.build_optimizer(compiled, plan).param_groups) == n_params
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        ddp = DistributedDataParallel(model)  # names carry `module.`
+        opt = ww.build_optimizer(ddp, plan, "muon")
+        assert sum(len(g["params"]) for g in opt.param_groups) == n_params
+        x = tokens()
+        ddp(x, labels=x).loss.backward()
+        ww.clip_grad_norm_(ddp, 1.0)
+        opt.step()
+    finally:
+        dist.destroy_process_group()

@@ -15,6 +15,7 @@ from torch.nn.utils import parametrize
 
 from .parametrizations import FixedScale, attach
 from .planning import ForwardMultiplier, Plan
+from .roles import unwrap
 
 
 def _installed(module: nn.Module, tensor: str, kind: str) -> FixedScale | None:
@@ -25,7 +26,7 @@ def _installed(module: nn.Module, tensor: str, kind: str) -> FixedScale | None:
 
 def _get_module(model: nn.Module, fm: ForwardMultiplier) -> nn.Module:
     try:
-        return model.get_submodule(fm.module)
+        return unwrap(model).get_submodule(fm.module)
     except AttributeError:
         raise ValueError(f"forward multiplier: the plan names module {fm.module!r}, which the model lacks") from None
 

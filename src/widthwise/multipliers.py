@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .parametrizations import MULTIPLIER_KINDS, WIDTHWISE_PARAMETRIZATIONS, Multipliers, attach, fold
-from .roles import ParamSite, Role, classify, matrix_axes, name_parts, parameter_sites
+from .roles import ParamSite, Role, classify, matrix_axes, name_parts, parameter_sites, unwrap
 from .width import base_shapes
 
 PLACEMENTS = ("all", "symmetry_free")
@@ -74,7 +74,8 @@ def add_multipliers(
     - ``"symmetry_free"``: the paper's Appendix C table (embedding row+col, ``o``/``down`` row+col, ``q`` and
       ``gate`` row, ``k``/``v``/``up`` none), ``kind`` keeping only the row or column part;
       ``name_map`` overrides :data:`DEFAULT_NAME_MAP` (slot -> regex on the module's last name component);
-    - a list of regexes (``re.search`` on canonical parameter names); each must match a matrix.
+    - a list of regexes (``re.search`` on canonical parameter names), applied to the 2-D weights they match;
+      each must match at least one.
 
     ``init`` is the starting value of each whole multiplier (1, or e.g. the muP forward multiplier it
     replaces); a dict maps regexes to values, first match wins, unmatched weights start at 1.
@@ -83,6 +84,7 @@ def add_multipliers(
     """
     if kind not in MULTIPLIER_KINDS:
         raise ValueError(f"unknown multiplier kind {kind!r}; expected one of {', '.join(MULTIPLIER_KINDS)}")
+    model = unwrap(model)
     sites = parameter_sites(model)
     role_map = classify(model, roles, base_shapes(base) if base is not None else None, sites=sites)
     targets = _targets(model, sites, role_map, kind, placement, name_map)
@@ -130,18 +132,16 @@ def _targets(model, sites, role_map, kind, placement, name_map) -> dict[str, str
     targets: dict[str, str] = {}
     for pattern in placement:
         regex = _compile(pattern, "placement")
-        matched = [n for n, s in sites.items()
-                   if role_map[n] is not Role.MULTIPLIER and any(regex.search(a) for a in s.all_names)]
-        if not matched:
-            raise ValueError(f"placement regex {pattern!r} matches no parameter of {type(model).__name__}")
-        for n in matched:
-            site = sites[n]
-            if site.param.ndim != 2:
-                raise ValueError(f"placement regex {pattern!r} matches {n!r} ({role_map[n].value}, shape "
-                                 f"{site.shape}): multipliers go on 2-D weights only")
-            if site.aliases:
+        hits = [n for n, s in sites.items()
+                if role_map[n] is not Role.MULTIPLIER and any(regex.search(a) for a in s.all_names)]
+        matrices = [n for n in hits if sites[n].param.ndim == 2]
+        if not matrices:
+            found = f"only {hits[0]!r}, shape {sites[hits[0]].shape}" if hits else "no parameter"
+            raise ValueError(f"placement regex {pattern!r} matches no 2-D weight of {type(model).__name__} ({found})")
+        for n in matrices:
+            if sites[n].aliases:
                 raise ValueError(f"placement regex {pattern!r} matches {n!r}, which is tied to "
-                                 f"{site.aliases[0]!r}: multipliers on a shared weight cannot fold exactly")
+                                 f"{sites[n].aliases[0]!r}: multipliers on a shared weight cannot fold exactly")
             targets.setdefault(n, kind)
     return targets
 
@@ -206,6 +206,7 @@ def fold_multipliers(model: nn.Module) -> nn.Module:
     them. A weight shared with another module (tied) is folded only if its multipliers are exactly the
     identity; otherwise ``ValueError``, since folding would change the other module's output.
     """
+    model = unwrap(model)
     shared = {id(s.param): s for s in parameter_sites(model).values() if s.aliases}
     for module_name, module in list(model.named_modules()):
         if not parametrize.is_parametrized(module):

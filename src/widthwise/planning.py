@@ -19,7 +19,7 @@ from torch.nn.utils import parametrize
 
 from . import rules
 from .recipes import Recipe, get_recipe, role_scaling
-from .roles import ParamSite, Role, classify, declared_head, matrix_axes, parameter_sites
+from .roles import ParamSite, Role, classify, declared_head, matrix_axes, parameter_sites, unwrap
 from .width import base_shapes, check_same_parameters, width_multiplier
 
 PLAN_VERSION = 1
@@ -177,6 +177,8 @@ def plan(
     attention ``1/d_head``) for models that implement them themselves. Extra keyword arguments override
     recipe fields, e.g. ``wd_exponent=1.0``. Add learnable multipliers before planning.
     """
+    model = unwrap(model)
+    base = unwrap(base) if base is not None else None
     recipe_obj = get_recipe(recipe, **recipe_overrides)
     sites = parameter_sites(model)
     shapes = base_shapes(base) if base is not None else None

@@ -103,8 +103,20 @@ def _owner(model: nn.Module, actual: str) -> tuple[nn.Module, str, str, str | No
     return model.get_submodule(module_name), module_name, tensor, None
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside ``torch.compile``, DDP or DataParallel wrappers (their names carry a prefix)."""
+    while True:
+        if isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        elif isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        else:
+            return model
+
+
 def parameter_sites(model: nn.Module) -> dict[str, ParamSite]:
     """Every unique parameter of ``model`` by canonical name, in registration order, with its aliases."""
+    model = unwrap(model)
     sites: dict[str, ParamSite] = {}
     by_id: dict[int, ParamSite] = {}
     for actual, param in model.named_parameters(remove_duplicate=False):
@@ -180,6 +192,7 @@ def classify(
     match wins and a pattern that matches no parameter is a ``ValueError``. ``base_shapes`` (canonical
     name -> shape in the base model) enables the muP shape rule for models without typed layers.
     """
+    model = unwrap(model)
     sites = parameter_sites(model) if sites is None else sites
     overrides = _compile_overrides(roles)
     used: set[str] = set()

@@ -1,0 +1,116 @@
+"""Training-step time with ``row_col`` learnable multipliers on every matrix vs none, side by side.
+
+Same HF ``LlamaForCausalLM``, same batch, same AdamW plan, one process; the two variants alternate
+(ABBA) and each figure is a median over many steps. Prints JSON with the ratio and the load average.
+
+    python benchmarks/multiplier_overhead.py --width 256 --depth 4 --batch 16 --seq 256
+    python benchmarks/multiplier_overhead.py --compile --bf16      # the CPU fast path
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from contextlib import nullcontext
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import widthwise as ww
+
+
+def build(width: int, depth: int, vocab: int, multipliers: bool, seed: int = 0, placement="all"):
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=width, intermediate_size=4 * width, num_hidden_layers=depth,
+                      num_attention_heads=max(1, width // 64), num_key_value_heads=max(1, width // 64),
+                      max_position_embeddings=4096)
+    model = LlamaForCausalLM(cfg)
+    if multipliers:
+        ww.add_multipliers(model, kind="row_col", placement=placement)
+    with torch.device("meta"):
+        base = LlamaForCausalLM(LlamaConfig(**{**cfg.to_dict(), "hidden_size": 64, "intermediate_size": 256,
+                                               "num_attention_heads": 1, "num_key_value_heads": 1}))
+    if multipliers:
+        ww.add_multipliers(base)
+    plan = ww.plan(model, base=base, recipe="robust")
+    ww.init_weights(model, plan, generator=torch.Generator().manual_seed(seed))
+    opt = ww.build_optimizer(model, plan, "adamw", lr=1e-3, weight_decay=0.1)
+    return model, opt
+
+
+def make_step(model, opt, use_compile: bool, bf16: bool):
+    forward = torch.compile(model) if use_compile else model
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else nullcontext
+
+    def step(x):
+        with autocast():
+            loss = forward(input_ids=x, labels=x).loss
+        loss.backward()
+        ww.clip_grad_norm_(model, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    return step
+
+
+def measure(args) -> dict:
+    variants = {}
+    for name, mult in (("none", False), ("row_col", True)):
+        placement = [r"layers\."] if args.skip_embedding else "all"
+        model, opt = build(args.width, args.depth, args.vocab, mult, placement=placement)
+        variants[name] = make_step(model, opt, args.compile, args.bf16)
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, args.vocab, (args.batch, args.seq), generator=g) for _ in range(4)]
+    for step in variants.values():  # warm-up (and compile)
+        for x in batches[: args.warmup]:
+            step(x)
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    load_before = os.getloadavg()
+    order = list(variants)
+    for rep in range(args.reps):
+        for name in order if rep % 2 == 0 else reversed(order):
+            for i in range(args.steps):
+                t0 = time.perf_counter()
+                variants[name](batches[i % len(batches)])
+                times[name].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "width": args.width, "depth": args.depth, "batch": args.batch, "seq": args.seq,
+        "compile": args.compile, "bf16": args.bf16, "threads": torch.get_num_threads(),
+        "placement": "blocks only" if args.skip_embedding else "all",
+        "steps_per_variant": len(times["none"]),
+        "step_s_none": med["none"], "step_s_row_col": med["row_col"],
+        "multiplier_train_overhead": med["row_col"] / med["none"],
+        "tokens_per_s_none": args.batch * args.seq / med["none"],
+        "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+    }
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--width", type=int, default=256)
+    p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--vocab", type=int, default=4096)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--reps", type=int, default=6, help="ABBA rounds")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per variant per round")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--skip-embedding", action="store_true", help="multipliers on block matrices only")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    result = measure(parse_args(argv))
+    print(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()
