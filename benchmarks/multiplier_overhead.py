@@ -1,10 +1,11 @@
 """Training-step time with ``row_col`` learnable multipliers on every matrix vs none, side by side.
 
 Same HF ``LlamaForCausalLM``, same batch, same AdamW plan, one process; the two variants alternate
-(ABBA) and each figure is a median over many steps. Prints JSON with the ratio and the load average.
+step by step (ABBA) and each figure is a median over many steps, with the median and quartiles of the
+ratios of adjacent steps. Prints JSON with the ratio and the load average.
 
     python benchmarks/multiplier_overhead.py --width 256 --depth 4 --batch 16 --seq 256
-    python benchmarks/multiplier_overhead.py --compile --bf16      # the CPU fast path
+    python benchmarks/multiplier_overhead.py --compile            # add --bf16 where bf16 matmul is native
 """
 
 from __future__ import annotations
@@ -71,13 +72,14 @@ def measure(args) -> dict:
     times: dict[str, list[float]] = {k: [] for k in variants}
     load_before = os.getloadavg()
     order = list(variants)
-    for rep in range(args.reps):
-        for name in order if rep % 2 == 0 else reversed(order):
-            for i in range(args.steps):
-                t0 = time.perf_counter()
-                variants[name](batches[i % len(batches)])
-                times[name].append(time.perf_counter() - t0)
+    for i in range(args.steps):  # one step of each variant in turn, ABBA, so load drifts hit both alike
+        for name in order if i % 2 == 0 else reversed(order):
+            t0 = time.perf_counter()
+            variants[name](batches[i % len(batches)])
+            times[name].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
+    pairs = sorted(b / a for a, b in zip(times["none"], times["row_col"], strict=True))
+    quartiles = statistics.quantiles(pairs, n=4) if len(pairs) > 1 else [pairs[0]] * 3
     return {
         "width": args.width, "depth": args.depth, "batch": args.batch, "seq": args.seq,
         "compile": args.compile, "bf16": args.bf16, "threads": torch.get_num_threads(),
@@ -85,6 +87,8 @@ def measure(args) -> dict:
         "steps_per_variant": len(times["none"]),
         "step_s_none": med["none"], "step_s_row_col": med["row_col"],
         "multiplier_train_overhead": med["row_col"] / med["none"],
+        "pair_ratio_median": statistics.median(pairs),
+        "pair_ratio_p25": quartiles[0], "pair_ratio_p75": quartiles[2],
         "tokens_per_s_none": args.batch * args.seq / med["none"],
         "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
     }
@@ -97,8 +101,7 @@ def parse_args(argv=None):
     p.add_argument("--vocab", type=int, default=4096)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seq", type=int, default=256)
-    p.add_argument("--reps", type=int, default=6, help="ABBA rounds")
-    p.add_argument("--steps", type=int, default=5, help="timed steps per variant per round")
+    p.add_argument("--steps", type=int, default=40, help="timed steps per variant (interleaved)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--compile", action="store_true")
     p.add_argument("--bf16", action="store_true")

@@ -55,11 +55,14 @@ def test_symmetry_free_follows_the_papers_table():
 
 def test_symmetry_free_needs_a_name_map_for_unknown_layers():
     model = gpt2(64)
-    with pytest.raises(ValueError, match="c_attn.weight' matches no slot"):
+    with pytest.raises(ValueError, match="c_attn.weight' matches no slot"), pytest.warns(UserWarning, match="tied"):
         ww.add_multipliers(model, placement="symmetry_free")
     model = gpt2(64)
-    ww.add_multipliers(model, placement="symmetry_free",
-                       name_map={"q": r"^c_attn$", "up": r"^c_fc$", "down": r"^c_proj$"})
+    with pytest.warns(UserWarning, match="'transformer.wte.weight' is shared with 'lm_head.weight'"):
+        added = ww.add_multipliers(model, placement="symmetry_free",
+                                   name_map={"q": r"^c_attn$", "up": r"^c_fc$", "down": r"^c_proj$"})
+    assert "transformer.wpe.weight" in added and "transformer.h.0.attn.c_attn.weight" in added
+    assert "transformer.h.0.mlp.c_fc.weight" not in added  # "up": no multipliers in the table
     with pytest.raises(ValueError, match="vector multipliers"):
         ww.add_multipliers(llama(64), kind="scalar", placement="symmetry_free")
     with pytest.raises(ValueError, match="unknown slot 'qkv'"):
@@ -71,7 +74,8 @@ def test_regex_placement_and_errors():
     added = ww.add_multipliers(model, kind="scalar", placement=[r"mlp\.down_proj"])
     assert added == ["model.layers.0.mlp.down_proj.weight", "model.layers.1.mlp.down_proj.weight"]
     with pytest.raises(ValueError, match="already has learnable multipliers"):
-        ww.add_multipliers(model, placement=[r"mlp\.down_proj"])
+        ww.add_multipliers(model, placement="all")
+    assert not ww.multiplier_parameters(model.model.layers[0].self_attn)  # refused call changed nothing
     with pytest.raises(ValueError, match=r"'nope' matches no 2-D weight of LlamaForCausalLM \(no parameter\)"):
         ww.add_multipliers(llama(64), placement=["nope"])
     with pytest.raises(ValueError, match=r"'norm' matches no 2-D weight .*only 'model.layers.0.input_layernorm"):

@@ -89,13 +89,13 @@ def add_multipliers(
     role_map = classify(model, roles, base_shapes(base) if base is not None else None, sites=sites)
     targets = _targets(model, sites, role_map, kind, placement, name_map)
     inits = _inits(init, targets)
+    present = [n for n in targets if _has_multipliers(sites[n].module, sites[n].tensor_name)]
+    if present:  # checked before anything is attached: a refused call leaves the model as it was
+        raise ValueError(f"{present[0]!r} already has learnable multipliers")
     for (name, target_kind), value in zip(targets.items(), inits, strict=True):
         site = sites[name]
-        if _has_multipliers(site.module, site.tensor_name):
-            raise ValueError(f"{name!r} already has learnable multipliers")
         out_axis, in_axis = matrix_axes(site.module)
-        weight = site.param
-        attach(site.module, site.tensor_name, Multipliers(target_kind, weight, out_axis, in_axis, value))
+        attach(site.module, site.tensor_name, Multipliers(target_kind, site.param, out_axis, in_axis, value))
     return list(targets)
 
 
