@@ -4,12 +4,22 @@ import copy
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import widthwise as ww
 from widthwise.parametrizations import FixedScale, Multipliers
 
 from conftest import gpt2, llama, mlp, tokens
+
+
+def _perturb(model):
+    """Move every multiplier away from 1, as training would."""
+    with torch.no_grad():
+        for p in ww.multiplier_parameters(model):
+            p.uniform_(0.5, 2.0)
+    return model
 
 
 def _mult(model, module_name):
@@ -113,19 +123,20 @@ def test_tied_weights_are_left_out_with_a_warning_or_refused():
         ww.add_multipliers(llama(64, tie_word_embeddings=True), placement=["embed_tokens"])
 
 
-def test_state_dict_roundtrip_and_deepcopy(x_tokens):
+def test_state_dict_roundtrip_and_deepcopy(x_tokens, tmp_path):
+    from safetensors.torch import load_file, save_file
+
     model = llama(64)
     ww.add_multipliers(model)
-    with torch.no_grad():
-        for p in ww.multiplier_parameters(model):
-            p.uniform_(0.5, 2.0)
+    _perturb(model)
     clone = copy.deepcopy(model)
     torch.testing.assert_close(clone(x_tokens).logits, model(x_tokens).logits, rtol=0, atol=0)
     assert isinstance(clone.model.layers[0].mlp.up_proj.parametrizations.weight[0], Multipliers)
 
+    save_file(model.state_dict(), tmp_path / "model.safetensors")
     fresh = llama(64, seed=5)
     ww.add_multipliers(fresh)
-    fresh.load_state_dict(model.state_dict())
+    fresh.load_state_dict(load_file(tmp_path / "model.safetensors"))
     torch.testing.assert_close(fresh(x_tokens).logits, model(x_tokens).logits, rtol=0, atol=0)
 
 
@@ -133,9 +144,7 @@ def test_state_dict_roundtrip_and_deepcopy(x_tokens):
 def test_torch_compile_matches_eager(x_tokens):
     model = llama(64)
     ww.add_multipliers(model)
-    with torch.no_grad():
-        for p in ww.multiplier_parameters(model):
-            p.uniform_(0.5, 2.0)
+    _perturb(model)
     eager_loss = model(x_tokens, labels=x_tokens).loss
     eager_loss.backward()
     eager_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
@@ -187,9 +196,7 @@ def test_fold_after_training_is_exact_and_plain(optimizer, x_tokens):
 def test_fold_mlp_and_embedding():
     model = nn.Sequential(nn.Embedding(20, 16), nn.Linear(16, 16), nn.Linear(16, 5))
     ww.add_multipliers(model, roles={r"^2\.weight$": "head"})
-    with torch.no_grad():
-        for p in ww.multiplier_parameters(model):
-            p.uniform_(0.5, 2.0)
+    _perturb(model)
     ids = torch.randint(0, 20, (4, 3))
     before = model(ids)
     ww.fold_multipliers(model)
@@ -224,3 +231,18 @@ def test_multiplier_free_mlp_keeps_working_with_base():
     model, base = mlp(64), mlp(16)
     added = ww.add_multipliers(model, base=base)
     assert added == ["0.weight", "2.weight"]  # the readout 4.weight is found by shape
+
+
+@settings(max_examples=20, deadline=None)
+@given(kind=st.sampled_from(["scalar", "row", "col", "row_col"]), d_in=st.integers(1, 12), d_out=st.integers(1, 12),
+       vocab=st.integers(2, 20), bias=st.booleans())
+def test_fold_is_exact_for_any_shape_and_kind(kind, d_in, d_out, vocab, bias):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(vocab, d_in), nn.Linear(d_in, d_out, bias=bias))
+    ww.add_multipliers(model, kind=kind, placement=["."])
+    _perturb(model)
+    ids = torch.randint(0, vocab, (3, 5))
+    before = model(ids)
+    ww.fold_multipliers(model)
+    torch.testing.assert_close(model(ids), before, rtol=0, atol=0)
+    assert [n for n, _ in model.named_parameters()] == ["0.weight", "1.weight"] + (["1.bias"] if bias else [])

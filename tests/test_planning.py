@@ -74,3 +74,11 @@ def test_malformed_plans():
         Plan.from_dict({"version": 99})
     with pytest.raises(ValueError, match="malformed widthwise plan"):
         Plan.from_dict({"version": 1, "recipe": {}})
+
+
+def test_replanning_a_prepared_model_gives_the_same_plan():
+    model, base = llama(128), llama(32, meta=True)
+    ww.add_multipliers(model)
+    first = ww.plan(model, base=base)
+    ww.init_weights(model, first)  # installs the head's fixed 1/m: a parametrization on lm_head.weight
+    assert ww.plan(model, base=base) == first
