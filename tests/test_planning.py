@@ -57,6 +57,7 @@ def test_roundtrip_json_and_yaml(robust_plan):
     assert Plan.from_json(robust_plan.to_json()) == robust_plan
     assert Plan.from_yaml(robust_plan.to_yaml()) == robust_plan
     assert robust_plan.names("head") == ["lm_head.weight"]
+    assert robust_plan.roles()["lm_head.weight"] is Role.HEAD
     assert len(robust_plan) == len(list(robust_plan))
 
 
