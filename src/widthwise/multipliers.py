@@ -109,7 +109,14 @@ def _matrix_candidates(sites: Mapping[str, ParamSite], role_map: Mapping[str, Ro
     return [n for n, s in sites.items() if s.param.ndim == 2 and role_map[n] in (Role.HIDDEN, Role.EMBEDDING)]
 
 
-def _targets(model, sites, role_map, kind, placement, name_map) -> dict[str, str]:
+def _targets(
+    model: nn.Module,
+    sites: Mapping[str, ParamSite],
+    role_map: Mapping[str, Role],
+    kind: str,
+    placement: str | Sequence[str],
+    name_map: Mapping[str, str] | None,
+) -> dict[str, str]:
     if isinstance(placement, str):
         if placement not in PLACEMENTS:
             raise ValueError(
@@ -146,7 +153,13 @@ def _targets(model, sites, role_map, kind, placement, name_map) -> dict[str, str
     return targets
 
 
-def _symmetry_free(sites, role_map, names, kind, name_map) -> dict[str, str]:
+def _symmetry_free(
+    sites: Mapping[str, ParamSite],
+    role_map: Mapping[str, Role],
+    names: list[str],
+    kind: str,
+    name_map: Mapping[str, str] | None,
+) -> dict[str, str]:
     if kind == "scalar":
         raise ValueError("placement 'symmetry_free' is defined for vector multipliers: use kind row, col or row_col")
     slots = {slot: _compile(rx, f"name_map[{slot!r}]") for slot, rx in {**DEFAULT_NAME_MAP, **(name_map or {})}.items()}
@@ -176,7 +189,7 @@ def _compile(pattern: str, what: str) -> re.Pattern:
         raise ValueError(f"{what}: {pattern!r} is not a valid regex: {err}") from None
 
 
-def _inits(init, targets: Mapping[str, str]) -> list[float]:
+def _inits(init: float | Mapping[str, float], targets: Mapping[str, str]) -> list[float]:
     if not isinstance(init, Mapping):
         return [float(init)] * len(targets)
     compiled = [(p, _compile(p, "init"), float(v)) for p, v in init.items()]

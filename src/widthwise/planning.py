@@ -203,7 +203,13 @@ def _tensors(module: nn.Module) -> tuple[str, ...]:
     return ("weight", "bias") if has_bias else ("weight",)
 
 
-def _head_multipliers(model, sites, role_map, shapes, recipe) -> list[ForwardMultiplier]:
+def _head_multipliers(
+    model: nn.Module,
+    sites: Mapping[str, ParamSite],
+    role_map: Mapping[str, Role],
+    shapes: Mapping[str, tuple[int, ...]] | None,
+    recipe: Recipe,
+) -> list[ForwardMultiplier]:
     modules = dict(model.named_modules())
     heads = {s.module_name: s for n, s in sites.items() if role_map[n] is Role.HEAD and s.tensor_name == "weight"}
     declared = declared_head(model)
