@@ -141,6 +141,7 @@ def test_wrapped_models_keep_their_plan(setup, tmp_path):
     n_params = len(list(model.parameters()))
     compiled = torch.compile(model)  # names carry `_orig_mod.`; nothing compiles until it is called
     assert sum(len(g["params"]) for g in ww.build_optimizer(compiled, plan).param_groups) == n_params
+    assert ww.plan(compiled, base=torch.compile(llama(32, meta=True)), recipe="robust") == plan
     dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
     try:
         ddp = DistributedDataParallel(model)  # names carry `module.`
@@ -150,5 +151,12 @@ def test_wrapped_models_keep_their_plan(setup, tmp_path):
         ddp(x, labels=x).loss.backward()
         ww.clip_grad_norm_(ddp, 1.0)
         opt.step()
+        assert ww.plan(ddp, base=llama(32, meta=True)) == plan
+        with torch.no_grad():
+            before = ddp(x).logits
+        ww.fold_multipliers(ddp)
+        assert not ww.multiplier_parameters(model) and not hasattr(model.lm_head, "parametrizations")
+        with torch.no_grad():
+            torch.testing.assert_close(ddp(x).logits, before, rtol=1e-6, atol=1e-6)
     finally:
         dist.destroy_process_group()

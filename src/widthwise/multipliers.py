@@ -219,7 +219,6 @@ def fold_multipliers(model: nn.Module) -> nn.Module:
     them. A weight shared with another module (tied) is folded only if its multipliers are exactly the
     identity; otherwise ``ValueError``, since folding would change the other module's output.
     """
-    model = unwrap(model)
     shared = {id(s.param): s for s in parameter_sites(model).values() if s.aliases}
     for module_name, module in list(model.named_modules()):
         if not parametrize.is_parametrized(module):
