@@ -17,3 +17,16 @@ def test_multiplier_overhead_benchmark_reports_its_figures(capsys):
     assert result["multiplier_train_overhead"] > 0 and result["tokens_per_s_none"] > 0
     assert len(result["loadavg_before"]) == 3
     assert '"multiplier_train_overhead"' in capsys.readouterr().out
+
+
+def test_trainer_throughput_benchmark_reports_every_variant(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("WIDTHWISE_CACHE", str(tmp_path))
+    script = SCRIPT.parent / "trainer_throughput.py"
+    spec = importlib.util.spec_from_file_location("trainer_throughput", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = module.main(["--config", "tiny", "--steps", "2", "--bf16-steps", "1", "--warmup", "1",
+                          "--variants", "eager_fp32,eager_bf16", "--set", "train.threads=1"])
+    assert result["steps_measured"] == {"eager_fp32": 2, "eager_bf16": 1}
+    assert result["tokens_per_s"]["eager_fp32"] > 0 and result["speedup_vs_eager_fp32"]["eager_fp32"] == 1.0
+    assert '"tokens_per_s"' in capsys.readouterr().out

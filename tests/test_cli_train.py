@@ -67,7 +67,7 @@ def test_tiny_run_directory_contract(tiny_run):
     assert "attn.q_proj.row" in records[-1]["multipliers"]
     summary = json.loads((tiny_run / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["steps"] == 30 and summary["tokens"] == 7680
-    for key in ("final_train_loss", "val_loss", "wall_s", "tokens_per_s"):
+    for key in ("final_train_loss", "val_loss", "wall_s", "tokens_per_s", "tokens_per_s_median"):
         assert summary[key] > 0, key
     assert summary["val_loss"] < records[0]["train_loss"] - 0.5, "tiny run should learn something"
     assert (tiny_run / "checkpoints" / "latest").read_text().strip() == "step_00000030"

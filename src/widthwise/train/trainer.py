@@ -333,6 +333,8 @@ def _run(config: Config, run_dir: Path, resume: Config | None, log: Callable[[st
     finally:
         metrics.close()
     summary = session.summary(status)
+    rates = [r["tokens_per_s"] for r in read_metrics(run_dir / "metrics.jsonl") if r.get("tokens_per_s")]
+    summary["tokens_per_s_median"] = statistics.median(rates) if rates else None  # steady state, no compile
     _write_summary(run_dir, summary)
     if status in ("completed", "diverged") and config.train.plots:
         from .plots import write_plots
