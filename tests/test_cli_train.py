@@ -158,6 +158,22 @@ def test_extending_steps(tmp_path, capsys):
     assert "cosine schedule" in capsys.readouterr().err
     assert main(["train", "--resume", str(cos), "--set", "model.width=64"]) == 2
     assert "cannot change on resume" in capsys.readouterr().err
+    wsd = tmp_path / "wsd"
+    assert main(["train", "tiny", "--out", str(wsd), *sets("schedule.kind=wsd", "train.steps=20")]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(wsd), "--set", "train.steps=30"]) == 2
+    assert "wsd schedule was planned for 20 steps and has been decaying since step 17" in capsys.readouterr().err
+
+
+def test_tied_model_resumes_exactly(tmp_path):
+    """Tied weights are stored once in the checkpoint and restored to both names."""
+    tied = ("model.tie_embeddings=true", "schedule.kind=constant")
+    reference = tmp_path / "reference"
+    assert main(["train", "tiny", "--out", str(reference), *sets(*tied, "train.steps=24")]) == 0
+    run = tmp_path / "extended"
+    assert main(["train", "tiny", "--out", str(run), *sets(*tied, "train.steps=12")]) == 0
+    assert main(["train", "--resume", str(run), "--set", "train.steps=24"]) == 0
+    assert losses(run) == losses(reference)
 
 
 def test_divergence_exit_3(tmp_path):

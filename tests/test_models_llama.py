@@ -224,22 +224,20 @@ def test_head_embedding_and_attention_multipliers_act_as_documented():
     torch.testing.assert_close(variant(head_multiplier=3.0), 3.0 * base_logits, atol=0, rtol=1e-6)
     assert torch.equal(variant(attention_scale=1 / math.sqrt(16)), base_logits)
     assert not torch.allclose(variant(attention_scale=1 / 16), base_logits, atol=1e-3)
+
+    def equals_scaled_weights(field: dict, suffix: str, factor: float, tol: float) -> None:
+        """The model with ``field`` set equals the plain model with the ``suffix`` weights times ``factor``."""
+        m = model(**field)
+        m.load_state_dict(state)
+        m2 = model()
+        m2.load_state_dict({k: v * factor if k.endswith(suffix) else v for k, v in state.items()})
+        with torch.no_grad():
+            torch.testing.assert_close(m(x), m2(x), atol=tol, rtol=tol)
+
     # scale s on q.k == query projection multiplied by s * sqrt(head_dim)
-    scaled_q = {k: v * (0.05 * math.sqrt(16)) if k.endswith("q_proj.weight") else v for k, v in state.items()}
-    m = model(attention_scale=0.05)
-    m.load_state_dict(state)
-    m2 = model()
-    m2.load_state_dict(scaled_q)
-    with torch.no_grad():
-        torch.testing.assert_close(m(x), m2(x), atol=1e-5, rtol=1e-5)
+    equals_scaled_weights({"attention_scale": 0.05}, "q_proj.weight", 0.05 * math.sqrt(16), 1e-5)
     # embedding multiplier c == an embedding table multiplied by c
-    scaled_e = {k: v * 2.5 if k == "embed.weight" else v for k, v in state.items()}
-    m = model(embedding_multiplier=2.5)
-    m.load_state_dict(state)
-    m2 = model()
-    m2.load_state_dict(scaled_e)
-    with torch.no_grad():
-        torch.testing.assert_close(m(x), m2(x), atol=1e-6, rtol=1e-6)
+    equals_scaled_weights({"embedding_multiplier": 2.5}, "embed.weight", 2.5, 1e-6)
 
 
 @pytest.mark.parametrize(

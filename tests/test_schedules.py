@@ -67,3 +67,11 @@ def test_bad_schedules(kw, match):
     args = {"warmup": 2, "total": 10, **kw}
     with pytest.raises(ValueError, match=match):
         ScheduleRatio(**args)
+
+
+def test_decay_start():
+    assert ScheduleRatio(10, 100, "cosine").decay_start == 10
+    assert ScheduleRatio(10, 100, "constant").decay_start == 100
+    wsd = ScheduleRatio(10, 100, "wsd", decay_fraction=0.2)
+    assert wsd.decay_start == 82  # the last 18 of the 90 post-warmup steps
+    assert wsd(81) == 1.0 and wsd(82) == 1.0 and wsd(83) < 1.0

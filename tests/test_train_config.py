@@ -73,23 +73,26 @@ def test_bad_values_name_the_field(overrides, field):
     assert "\n" not in message
 
 
-def test_unknown_config_and_bad_files(tmp_path):
+def test_unknown_config_and_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="unknown config 'demoo'"):
         load_config("demoo")
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("model: {width: [\n", "bad.yaml line .*not valid YAML"),
+        ("- 1\n- 2\n", "expected a mapping of sections"),
+        ("model: 3\n", "model: expected a mapping"),
+        ("model: {width: 64, colour: red}\n", "unknown key model.colour"),
+    ],
+)
+def test_bad_files(tmp_path, text, message):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("model: {width: [\n")
-    with pytest.raises(ConfigError, match="bad.yaml line .*not valid YAML"):
-        load_config(bad)
-    bad.write_text("- 1\n- 2\n")
-    with pytest.raises(ConfigError, match="expected a mapping of sections"):
-        load_config(bad)
-    bad.write_text("model: 3\n")
-    with pytest.raises(ConfigError, match="model: expected a mapping"):
-        load_config(bad)
-    bad.write_text("model: {width: 64, colour: red}\n")
-    with pytest.raises(ConfigError, match="unknown key model.colour"):
+    bad.write_text(text)
+    with pytest.raises(ConfigError, match=message):
         load_config(bad)
 
 

@@ -39,3 +39,12 @@ def test_explicit_cuda_without_a_gpu_is_refused():
         pytest.skip("a GPU is present")  # never the case in CI
     with pytest.raises(ValueError, match="train.device: cuda requested"):
         resolve_runtime("cuda", "auto", "auto", 1, 64)
+
+
+def test_bf16_probe_stays_small_at_any_width(monkeypatch):
+    """A CPU without bf16 units is 50-100x slower in bf16: probing at the model's scale cost 14 s at width 256."""
+    asked = []
+    monkeypatch.setattr(runtime, "matmul_seconds", lambda n, dtype: asked.append((n, dtype)) or 1e-3)
+    resolve_runtime("cpu", "auto", "auto", 1, 512, 1e9, 100)
+    assert {n for n, dtype in asked if dtype == torch.bfloat16} == {runtime.BF16_PROBE_SIZE}
+    assert max(n for n, _ in asked) == 1024  # fp32 speed is still measured at the model's scale

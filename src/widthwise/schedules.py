@@ -38,6 +38,15 @@ class ScheduleRatio:
         self.warmup, self.total, self.kind = warmup, total, kind
         self.min_ratio, self.decay_fraction = float(min_ratio), float(decay_fraction)
 
+    @property
+    def decay_start(self) -> int:
+        """The step where the decay begins (its ratio is still 1; later ones are lower); ``total`` for ``constant``."""
+        if self.kind == "cosine":
+            return self.warmup
+        if self.kind == "constant":
+            return self.total
+        return self.total - max(1, round(self.decay_fraction * (self.total - self.warmup)))
+
     def __call__(self, step: int) -> float:
         if step < self.warmup:
             return (step + 1) / self.warmup
@@ -47,11 +56,10 @@ class ScheduleRatio:
             span = max(1, self.total - self.warmup)
             progress = min(1.0, (step - self.warmup) / span)
             return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-        decay_steps = max(1, round(self.decay_fraction * (self.total - self.warmup)))
-        start = self.total - decay_steps
+        start = self.decay_start
         if step < start:
             return 1.0
-        progress = min(1.0, (step - start) / decay_steps)
+        progress = min(1.0, (step - start) / (self.total - start))
         return 1.0 - (1.0 - self.min_ratio) * progress
 
 

@@ -24,6 +24,9 @@ COMPILE_SAVING = 0.3
 COMPILE_COST_S = 45.0
 #: A training step runs its matmuls at about this fraction of the probe's dense-matmul speed.
 MATMUL_EFFICIENCY = 0.5
+#: bf16 is compared with fp32 at this fixed size: big enough to use the vector/matrix units, small enough
+#: that a CPU without bf16 units (50-100x slower there) answers in well under a second.
+BF16_PROBE_SIZE = 256
 
 
 @dataclass(frozen=True)
@@ -85,9 +88,10 @@ def resolve_runtime(device: str, dtype: str, compile: str | bool, threads: int |
                     flops_per_step: float = 0.0, steps: int = 0) -> Runtime:
     """Resolve ``auto`` settings into a :class:`Runtime`.
 
-    On a CPU a matmul probe at the model's width (~50 ms) measures fp32 and bf16 speed: bf16 autocast is
-    chosen only if it is at least ``BF16_MIN_SPEEDUP`` faster, and ``torch.compile`` only if the run's
-    estimated eager time (``flops_per_step`` at the probe's speed) is long enough to earn back compilation.
+    On a CPU, matmul probes measure fp32 speed at the model's scale and bf16 against fp32 at
+    ``BF16_PROBE_SIZE``: bf16 autocast is chosen only if it is at least ``BF16_MIN_SPEEDUP`` faster, and
+    ``torch.compile`` only if the run's estimated eager time (``flops_per_step`` at the measured fp32 speed) is
+    long enough to earn back compilation.
     On CUDA: bf16 where supported, compile on.
     """
     dev = resolve_device(device)
@@ -100,7 +104,8 @@ def resolve_runtime(device: str, dtype: str, compile: str | bool, threads: int |
         fp32_s = matmul_seconds(n, torch.float32)
         step_s = flops_per_step / (2 * n**3 / fp32_s * MATMUL_EFFICIENCY)
         if dtype == "auto":
-            probe = fp32_s / max(matmul_seconds(n, torch.bfloat16), 1e-9)
+            size = BF16_PROBE_SIZE
+            probe = matmul_seconds(size, torch.float32) / max(matmul_seconds(size, torch.bfloat16), 1e-9)
     if dtype == "auto":
         if dev.type == "cuda":
             chosen = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32

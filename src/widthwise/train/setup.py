@@ -80,8 +80,6 @@ def model_configs(config: Config, vocab_size: int, recipe: Recipe) -> tuple[Llam
             fm[key] = getattr(m, key)
     model_cfg = LlamaConfig(width=m.width, heads=m.heads, kv_heads=m.kv_heads, ffn_mult=int(hidden) / m.width,
                             multiple_of=1, **common, **fm)
-    if model_cfg.ffn_hidden != int(hidden):
-        raise ConfigError(f"model.ffn_mult: FFN hidden {model_cfg.ffn_hidden} != {int(hidden)} (rounding)")
     for cfg in (model_cfg, base_cfg):
         try:
             cfg.validate()
@@ -134,7 +132,9 @@ def _add_multipliers(model: nn.Module, config: Config, init: Mapping[str, float]
     if mult.kind == "none":
         return []
     try:
-        return add_multipliers(model, kind=mult.kind, placement=mult.placement, init=init)
+        with warnings.catch_warnings():  # placement "all" skips a tied embedding, as the config asks: no news
+            warnings.filterwarnings("ignore", message=".*tied weights.*")
+            return add_multipliers(model, kind=mult.kind, placement=mult.placement, init=init)
     except ValueError as err:
         raise ConfigError(f"multipliers: {err}") from None
 
@@ -146,8 +146,7 @@ def build(config: Config, vocab_size: int, device: torch.device) -> Built:
     declared_cfg = model_cfg
     targets = []
     if config.multipliers.absorb_forward and config.multipliers.kind != "none":
-        with torch.device("meta"), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*tied.*")
+        with torch.device("meta"):
             targets = _add_multipliers(Llama(model_cfg), config, 1.0)
     inits, model_cfg = absorbed_inits(config, model_cfg, targets)
     init: Mapping[str, float] | float = {**inits, ".": config.multipliers.init} if inits else config.multipliers.init
@@ -155,10 +154,8 @@ def build(config: Config, vocab_size: int, device: torch.device) -> Built:
     model = Llama(model_cfg)
     with torch.device("meta"):
         base = Llama(base_cfg)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*tied.*")  # placement all skips a tied embedding: by design
-        names = _add_multipliers(model, config, init)
-        _add_multipliers(base, config, init)
+    names = _add_multipliers(model, config, init)
+    _add_multipliers(base, config, init)
     the_plan = plan(model, base=base, recipe=recipe, forward_multipliers=False)
     init_weights(model, the_plan, generator=torch.Generator().manual_seed(config.train.seed),
                  forward_multipliers=False)
@@ -178,10 +175,10 @@ def build(config: Config, vocab_size: int, device: torch.device) -> Built:
     return Built(model, model_cfg, declared_cfg, base_cfg, recipe, the_plan, optimizer, scheduler, names)
 
 
-def resolved_config(config: Config, built: Built, vocab_size: int, extra: Mapping[str, Any]) -> dict[str, Any]:
-    """The config as run: ``null`` fields filled in, plus the model config, runtime and the plan."""
+def resolved_config(config: Config, built: Built, extra: Mapping[str, Any]) -> dict[str, Any]:
+    """The config as run: ``null`` fields filled in, plus ``extra`` (runtime, data) as ``resolved`` and the plan."""
     data = config.to_dict()
-    data["model"]["vocab_size"] = vocab_size
+    data["model"]["vocab_size"] = built.model_config.vocab_size
     for key in ("embedding_multiplier", "head_multiplier", "attention_scale"):
         data["model"][key] = getattr(built.declared_config, key)
     data["scaling"]["base_width"] = built.base_config.width

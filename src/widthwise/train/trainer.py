@@ -1,9 +1,9 @@
 """The training loop behind ``widthwise train``: resumable, logged, checkpointed, divergence-aware.
 
-:func:`run` trains a :class:`~widthwise.train.config.Config` into a run directory (the contract of
+:func:`start` trains a :class:`~widthwise.train.config.Config` into a new run directory (the contract of
 DESIGN.md: ``config.yaml``, ``metrics.jsonl``, ``summary.json``, ``checkpoints/``, ``plots/``) and returns
-the summary. A resumed run continues from the latest checkpoint and reproduces, bit for bit, the losses an
-uninterrupted run would have logged (same machine, threads and settings; compile off).
+the summary; :func:`resume` continues one from its latest checkpoint and reproduces, bit for bit, the losses
+an uninterrupted run would have logged (same machine, threads and settings; compile off).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from ..atomic import atomic_write_text
 from ..clipping import clip_grad_norm_
 from ..data import BatchSampler, DataError, TokenData, prepare_data, validation_batches
-from ..roles import unwrap
+from ..schedules import ScheduleRatio
 from .checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -42,6 +42,9 @@ from .metrics import MetricsLog, read_metrics
 from .multiplier_stats import multiplier_stats
 from .runtime import Runtime, resolve_device, resolve_runtime
 from .setup import Built, build, resolved_config
+
+if TYPE_CHECKING:
+    from torch import nn
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 2, 3, 130
 #: Keys a resume may change: the length of the run and how it is observed, not what it computes.
@@ -64,7 +67,7 @@ def default_cache_dir() -> Path:
 
 @dataclass
 class Result:
-    """What :func:`run` returns: the summary written to ``summary.json`` and the process exit code."""
+    """What :func:`start` and :func:`resume` return: the summary (as in ``summary.json``) and the exit code."""
 
     summary: dict[str, Any]
     exit_code: int
@@ -178,12 +181,7 @@ class _Run:
                 "vocab_size": self.built.model_config.vocab_size}
 
     def save(self) -> None:
-        weights, seen = {}, set()
-        for name, tensor in self.model.state_dict().items():
-            if tensor.data_ptr() in seen:  # tied weights: stored once
-                continue
-            seen.add(tensor.data_ptr())
-            weights[name] = tensor
+        weights = unique_state_dict(self.model)
         scheduler = {k: v for k, v in self.built.scheduler.state_dict().items() if k != "lr_lambdas"}
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
@@ -201,8 +199,8 @@ class _Run:
             raise CheckpointError(f"checkpoint step {ckpt.step}: the training data changed since it was written "
                                   "(corpus, tokenizer or split differ)")
         missing, unexpected = self.model.load_state_dict(ckpt.model, strict=False)
-        aliases = {a for p in self.built.plan for a in p.aliases}
-        bad = unexpected or [k for k in missing if not any(k.startswith(a.rpartition(".")[0]) for a in aliases)]
+        shared = set(self.model.state_dict()) - set(unique_state_dict(self.model))  # tied names, stored once
+        bad = unexpected or sorted(set(missing) - shared)
         if bad:
             raise CheckpointError(f"checkpoint step {ckpt.step}: weights do not fit the model ({bad[0]!r})")
         try:
@@ -274,15 +272,23 @@ class _Run:
         }
 
 
+def unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` with each tensor once (safetensors refuses shared storage; tied weights)."""
+    weights, seen = {}, set()
+    for name, tensor in model.state_dict().items():
+        if tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            weights[name] = tensor
+    return weights
+
+
 def _write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     clean = {k: (str(v) if isinstance(v, float) and not math.isfinite(v) else v) for k, v in summary.items()}
     atomic_write_text(run_dir / "summary.json", json.dumps(clean, indent=1) + "\n")
 
 
-def _run(config: Config, run_dir: Path, resume: Config | None, log: Callable[[str], None] | None = None,
-         stop_after: int | None = None) -> Result:
-    """Train (or resume) into ``run_dir``. ``stop_after`` ends the process's segment after that many steps
-    (as an interruption), which tests use to split a run."""
+def _run(config: Config, run_dir: Path, resume: Config | None, log: Callable[[str], None] | None = None) -> Result:
+    """Train (or, given the run's stored config as ``resume``, continue) into ``run_dir``."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     if int(os.environ.get("WORLD_SIZE", 1)) > 1:
         raise ConfigError("WORLD_SIZE > 1: `widthwise train` runs one process; distributed runs are not supported "
@@ -317,8 +323,7 @@ def _run(config: Config, run_dir: Path, resume: Config | None, log: Callable[[st
              "train_tokens": len(session.data.train), "val_tokens": len(session.data.val),
              "train_documents": session.data.train_documents, "val_documents": session.data.val_documents}
     atomic_write_text(run_dir / "config.yaml",
-                      yaml.safe_dump(resolved_config(config, session.built, session.built.model_config.vocab_size,
-                                                     extra), sort_keys=False))
+                      yaml.safe_dump(resolved_config(config, session.built, extra), sort_keys=False))
     atomic_write_text(run_dir / "plan.txt", session.built.plan.table(config.optim.lr, config.optim.weight_decay,
                                                                      config.multipliers.weight_decay) + "\n")
     log(f"widthwise: {'resuming' if ckpt else 'training'} {run_dir} from step {session.step}: "
@@ -329,7 +334,7 @@ def _run(config: Config, run_dir: Path, resume: Config | None, log: Callable[[st
     status, code = "completed", EXIT_OK
     try:
         with _deferred_signals(session):
-            status, code = _loop(session, metrics, stop_after, started)
+            status, code = _loop(session, metrics, started)
     finally:
         metrics.close()
     summary = session.summary(status)
@@ -347,24 +352,19 @@ def _run(config: Config, run_dir: Path, resume: Config | None, log: Callable[[st
 
 
 def _check_extension(old: Config, new: Config, step: int) -> None:
-    """A longer ``train.steps`` is fine when the LR schedule has not started to decay at ``step``."""
+    """A longer ``train.steps`` is fine while the old LR schedule has not started to decay at ``step``."""
     if new.train.steps == old.train.steps:
         return
     s = old.schedule
-    if s.kind == "cosine" and step > s.warmup:
-        raise ConfigError(f"train.steps: the cosine schedule was planned for {old.train.steps} steps and has been "
-                          f"decaying since step {s.warmup}; extending it would jump the LR (start a new run, or "
-                          "use schedule.kind=wsd or constant for runs you want to extend)")
-    if s.kind == "wsd":
-        decay_start = old.train.steps - max(1, round(s.decay_fraction * (old.train.steps - s.warmup)))
-        if step > decay_start:
-            raise ConfigError(f"train.steps: the WSD schedule began its decay at step {decay_start}; a run "
-                              "cannot be extended once it is cooling down")
+    start = ScheduleRatio(s.warmup, old.train.steps, s.kind, s.min_ratio, s.decay_fraction).decay_start
+    if step > start:
+        raise ConfigError(f"train.steps: the {s.kind} schedule was planned for {old.train.steps} steps and has been "
+                          f"decaying since step {start}; extending it would jump the LR (start a new run, or use "
+                          "schedule.kind=wsd or constant for runs you want to extend, before their decay)")
 
 
-def _loop(session: _Run, metrics: MetricsLog, stop_after: int | None, started: float) -> tuple[str, int]:
+def _loop(session: _Run, metrics: MetricsLog, started: float) -> tuple[str, int]:
     t = session.config.train
-    done_in_segment = 0
     last_elapsed = session.elapsed
     bar = tqdm(total=t.steps, initial=session.step, disable=not t.progress or None, unit="step",
                dynamic_ncols=True, file=sys.stderr, desc="train")
@@ -376,7 +376,6 @@ def _loop(session: _Run, metrics: MetricsLog, stop_after: int | None, started: f
             loss = float(loss_t) if log_now or session.initial_loss is None else None
             step_s = time.perf_counter() - tick
             session.train_seconds += step_s
-            done_in_segment += 1
             session.elapsed = last_elapsed + (time.perf_counter() - started)
             if loss is not None:
                 session.recent = ([*session.recent, loss])[-FINAL_LOSS_WINDOW:]
@@ -403,8 +402,6 @@ def _loop(session: _Run, metrics: MetricsLog, stop_after: int | None, started: f
             if session.step % t.checkpoint_every == 0 or session.step == t.steps:
                 session.elapsed = last_elapsed + (time.perf_counter() - started)
                 session.save()
-            if stop_after is not None and done_in_segment >= stop_after and session.step < t.steps:
-                session.stop_requested = "stop_after"
             if session.stop_requested and session.step < t.steps:
                 bar.close()
                 if session.step % t.checkpoint_every != 0:
@@ -425,13 +422,9 @@ def generate_sample(session: _Run) -> str:
     ids = tok.encode(t.sample_prompt).ids if t.sample_prompt else [session.data.eos_id]
     idx = torch.tensor([ids], device=session.runtime.device)
     gen = torch.Generator(device=session.runtime.device).manual_seed(t.seed)
-    out = unwrap(session.model).generate(idx, t.sample_tokens, generator=gen)
+    out = session.model.generate(idx, t.sample_tokens, generator=gen)
     return tok.decode(out[0].tolist()).replace("<|endoftext|>", "\n").strip()
 
 
-def read_summary(run_dir: Path) -> dict[str, Any]:
-    return json.loads((Path(run_dir) / "summary.json").read_text(encoding="utf-8"))
-
-
 __all__ = ["EXIT_BAD_INPUT", "EXIT_DIVERGED", "EXIT_INTERRUPTED", "EXIT_OK", "CheckpointError", "ConfigError",
-           "DataError", "Result", "RunError", "read_metrics", "read_summary", "resume", "start"]
+           "DataError", "Result", "RunError", "read_metrics", "resume", "start", "unique_state_dict"]
