@@ -22,13 +22,14 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 # The main job on the bundled Shakespeare corpus: a few minutes on a CPU. A second `make demo` resumes
-# (or just reports) the run instead of refusing to overwrite it.
+# (or just reports) the run instead of refusing to overwrite it. Then the run's diagnostics and their plots.
 demo: install
 	@if [ -f $(DEMO_DIR)/config.yaml ]; then \
 		$(PY) -m widthwise train --resume $(DEMO_DIR); \
 	else \
 		$(PY) -m widthwise train demo --out $(DEMO_DIR); \
 	fi
+	$(PY) -m widthwise diagnose $(DEMO_DIR)
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from torch import nn
@@ -52,3 +54,26 @@ def tokens(batch: int = 2, seq: int = 12, vocab: int = 128, seed: int = 1) -> to
 @pytest.fixture
 def x_tokens() -> torch.Tensor:
     return tokens()
+
+
+@pytest.fixture(scope="module")
+def data_cache(tmp_path_factory):
+    """One data cache per test module (tokenizer + token memmaps of the bundled corpus) via ``$WIDTHWISE_CACHE``."""
+    path = tmp_path_factory.mktemp("cache")
+    old = os.environ.get("WIDTHWISE_CACHE")
+    os.environ["WIDTHWISE_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("WIDTHWISE_CACHE")
+    else:
+        os.environ["WIDTHWISE_CACHE"] = old
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run single-threaded: on a shared CPU, 2-thread kernels on small tensors (AdamW's sqrt, svdvals) were
+    measured 20-200x slower than 1 thread whenever another process was busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

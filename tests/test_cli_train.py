@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -18,17 +17,7 @@ from widthwise.train.metrics import read_metrics
 FAST = ["train.threads=1", "train.progress=false"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def cache(tmp_path_factory):
-    """One data cache for the module (tokenizer + token memmaps of the bundled corpus)."""
-    path = tmp_path_factory.mktemp("cache")
-    old = os.environ.get("WIDTHWISE_CACHE")
-    os.environ["WIDTHWISE_CACHE"] = str(path)
-    yield path
-    if old is None:
-        os.environ.pop("WIDTHWISE_CACHE")
-    else:
-        os.environ["WIDTHWISE_CACHE"] = old
+pytestmark = pytest.mark.usefixtures("data_cache")
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -126,6 +115,11 @@ def test_sigkill_then_resume_gives_exactly_the_uninterrupted_losses(tmp_path, ki
     ref_val = [r.get("val_loss") for r in read_metrics(reference / "metrics.jsonl")]
     assert [r.get("val_loss") for r in read_metrics(run / "metrics.jsonl")] == ref_val
     assert json.loads((run / "summary.json").read_text())["val_loss"] == ref_val[-1]
+    # diagnostics (every 10 steps in tiny) neither disturb the run nor get logged twice across the kill
+    diag, ref_diag = read_metrics(run / "diagnostics.jsonl"), read_metrics(reference / "diagnostics.jsonl")
+    assert [r["step"] for r in diag] == [r["step"] for r in ref_diag] == [10, 20, 30, 40, 48]
+    for got, want in zip(diag, ref_diag, strict=True):
+        assert {n: m["rms"] for n, m in got["matrices"].items()} == {n: m["rms"] for n, m in want["matrices"].items()}
 
 
 def test_sigterm_checkpoints_and_says_interrupted(tmp_path):

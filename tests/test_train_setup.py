@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
+from widthwise.diagnostics.multiplier_stats import layer_type, multiplier_stats
 from widthwise.train.config import ConfigError, load_config
-from widthwise.train.multiplier_stats import layer_type, multiplier_stats
 from widthwise.train.setup import build, load_recipe, model_configs
 
 

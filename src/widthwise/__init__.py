@@ -5,6 +5,24 @@ AdamW and Muon, for any ``nn.Module``.
 """
 
 from .clipping import clip_grad_norm_
+from .diagnostics import (
+    CoordCheck,
+    TrainingDiagnostics,
+    abm_trajectory,
+    coord_check,
+    drift_warnings,
+    equilibrium_report,
+    equilibrium_rms,
+    gain_summary,
+    multiplier_stats,
+    relaxation_steps,
+    singular_values,
+    spectral_summary,
+    stable_rank,
+    sublayer_gains,
+    symmetry_drift,
+    top_singular_values,
+)
 from .forward import apply_forward_multipliers
 from .initialization import init_weights
 from .multipliers import add_multipliers, fold_multipliers, multiplier_parameters
@@ -19,20 +37,36 @@ __version__ = "0.1.0"
 __all__ = [
     "PRESETS",
     "CombinedOptimizer",
+    "CoordCheck",
     "ForwardMultiplier",
     "ParamPlan",
     "Plan",
     "Recipe",
     "Role",
+    "TrainingDiagnostics",
+    "abm_trajectory",
     "add_multipliers",
     "apply_forward_multipliers",
     "build_optimizer",
     "classify",
     "clip_grad_norm_",
+    "coord_check",
+    "drift_warnings",
+    "equilibrium_report",
+    "equilibrium_rms",
     "fold_multipliers",
+    "gain_summary",
     "get_recipe",
     "init_weights",
     "lr_schedule",
     "multiplier_parameters",
+    "multiplier_stats",
     "plan",
+    "relaxation_steps",
+    "singular_values",
+    "spectral_summary",
+    "stable_rank",
+    "sublayer_gains",
+    "symmetry_drift",
+    "top_singular_values",
 ]

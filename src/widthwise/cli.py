@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,7 +39,70 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
                        help="override a config field (repeatable)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_coord_check(sub)
+    diagnose = sub.add_parser(
+        "diagnose", help="measure a run: spectra, norms vs the noise equilibrium, gains, multipliers",
+        description="Measure a run's checkpoint (exact spectra, top singular values, RMS against the AdamW noise "
+                    "equilibrium and the ABM reference, sublayer gains, multiplier statistics and symmetry drift); "
+                    "write RUN_DIR/diagnostics.json and plots of these over training in RUN_DIR/plots/diagnostics/.",
+    )
+    diagnose.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a `widthwise train` run directory")
+    diagnose.add_argument("--step", type=int, help="checkpoint step to measure (default: the latest)")
+    diagnose.add_argument("--sequences", type=_positive_int, default=16,
+                          help="validation sequences for the sublayer gains (default: 16)")
+    diagnose.add_argument("--no-plots", action="store_true", help="write diagnostics.json only")
     return parser
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _name_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _coord_check_module():
+    """``widthwise.diagnostics.coord_check``, the module (the package exports its function under that name)."""
+    return importlib.import_module(".diagnostics.coord_check", __package__)
+
+
+def _add_coord_check(sub: argparse._SubParsersAction) -> None:
+    cc = _coord_check_module()
+
+    p = sub.add_parser(
+        "coord-check", help="coordinate check: activation size against width for each recipe",
+        description="Train each recipe a few steps at several widths and fit how activation size grows with width "
+                    "(microsoft/mup's coordinate check), plus top singular values and sublayer gains.",
+        epilog=f"default: built-in config {cc.DEFAULT_CONFIG} at optim.lr={cc.DEFAULT_LR:g}; built-in configs: "
+               f"{', '.join(builtin_names())}",
+    )
+    p.add_argument("config", nargs="?", help=f"YAML config file or built-in name (default: {cc.DEFAULT_CONFIG} at lr "
+                                             f"{cc.DEFAULT_LR:g}); its head dim and depth are kept at every width")
+    p.add_argument("--out", type=Path, required=True, help="new output directory")
+    p.add_argument("--widths", type=_int_list, default=list(cc.DEFAULT_WIDTHS),
+                   help=f"comma-separated widths (default: {','.join(map(str, cc.DEFAULT_WIDTHS))})")
+    p.add_argument("--recipes", type=_name_list, default=list(cc.DEFAULT_RECIPES),
+                   help=f"comma-separated recipes (default: {','.join(cc.DEFAULT_RECIPES)})")
+    p.add_argument("--steps", type=_positive_int, default=cc.DEFAULT_STEPS,
+                   help=f"training steps per model (default: {cc.DEFAULT_STEPS})")
+    p.add_argument("--seeds", type=_positive_int, default=1, help="number of seeds, from train.seed (default: 1)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
+                   help="override a config field (repeatable), e.g. optim.lr=1e-2")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -56,6 +120,59 @@ def _train(args: argparse.Namespace) -> int:
         result = trainer.start(config, args.out)
     _report(result)
     return result.exit_code
+
+
+def _coord_check(args: argparse.Namespace) -> int:
+    cc = _coord_check_module()
+
+    out: Path = args.out
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise RunError(f"--out {out}: already exists and is not empty; choose another --out")
+    cc.check_overrides(args.overrides)
+    config = load_config(args.config, args.overrides) if args.config else cc.default_config(args.overrides)
+    seeds = [config.train.seed + i for i in range(args.seeds)]
+    cc.check_grid(config, args.widths, args.recipes, args.steps, seeds, prefix="--")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RunError(f"--out {out}: cannot create it ({err.strerror or err})") from None
+    check = cc.coord_check(config, args.widths, recipes=args.recipes, steps=args.steps, seeds=seeds,
+                           progress=not args.quiet)
+    check.save(out / "coord_check.json")
+    check.plot(out / "coord_check.png")
+    print(f"coordinate check: {len(check.recipes)} recipes x widths {','.join(map(str, check.widths))} x "
+          f"{len(seeds)} seed(s), {check.steps} steps at lr {check.lr:g}, {check.wall_s:.0f} s")
+    print("slope of log(mean |x|) against log(width) at the last step (0 = flat):")
+    print(check.table())
+    print(f"  results: {out / 'coord_check.json'}\n  plot: {out / 'coord_check.png'}")
+    return 0
+
+
+def _diagnose(args: argparse.Namespace) -> int:
+    from .diagnostics.report import diagnose
+
+    d = diagnose(args.run_dir, step=args.step, sequences=args.sequences, plots=not args.no_plots,
+                 log=lambda msg: print(msg, file=sys.stderr))
+    print(f"diagnosed {args.run_dir} at step {d['step']} (width {d['width']}, base {d['base_width']}, "
+          f"recipe {d['recipe']}):")
+    print(_diagnosis_table(d))
+    for note in d["notes"] + d["multipliers"]["warnings"]:
+        print(f"  note: {note}")
+    print(f"  results: {args.run_dir / 'diagnostics.json'}")
+    if d.get("plots"):
+        print(f"  plots: {Path(d['plots'][0]).parent}")
+    return 0
+
+
+def _diagnosis_table(d: dict) -> str:
+    """Per layer type (mean over blocks): sigma_max, RMS against its ABM reference, sublayer gain."""
+    header = ("layer", "sigma_max", "rms", "rms/abm", "rms/equil", "gain")
+    rows = [header]
+    for kind, v in d["layer_types"].items():
+        rows.append((kind, *(f"{v[k]:.4g}" if k in v else "-" for k in
+                             ("sigma_max", "rms", "abm_ratio", "equilibrium_ratio", "sublayer_gain"))))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    return "\n".join("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
 def _report(result) -> None:
@@ -79,6 +196,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "train":
             return _train(args)
+        if args.command == "coord-check":
+            return _coord_check(args)
+        if args.command == "diagnose":
+            return _diagnose(args)
     except USER_ERRORS as err:
         message = " ".join(str(err).split())  # one line, whatever the message
         print(f"widthwise: error: {message}", file=sys.stderr)

@@ -141,6 +141,22 @@ class DataConfig:
 
 
 @dataclass
+class DiagnosticsConfig:
+    """Measurements logged to ``diagnostics.jsonl`` every ``every`` steps (``null``: off).
+
+    Top singular values (warm-started power iteration), weight RMS against the AdamW noise equilibrium,
+    sublayer gains on the first ``gain_sequences`` validation sequences, multiplier statistics and symmetry
+    drift (a warning when a monitor passes ``drift_threshold``, in log2 units: 3 is a factor 8).
+    """
+
+    every: int | None = 50
+    spectra: bool = True
+    gains: bool = True
+    gain_sequences: int = 4
+    drift_threshold: float = 3.0
+
+
+@dataclass
 class Config:
     """A full training configuration."""
 
@@ -151,6 +167,7 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -164,7 +181,8 @@ class Config:
 
 
 _SECTION_TYPES = {"model": ModelConfig, "scaling": ScalingConfig, "multipliers": MultipliersConfig,
-                  "optim": OptimConfig, "schedule": ScheduleConfig, "train": TrainConfig, "data": DataConfig}
+                  "optim": OptimConfig, "schedule": ScheduleConfig, "train": TrainConfig, "data": DataConfig,
+                  "diagnostics": DiagnosticsConfig}
 
 
 def builtin_names() -> list[str]:
@@ -353,7 +371,7 @@ def validate(config: Config) -> None:
                 "optim.muon_lr", "multipliers.lr", "multipliers.init", "multipliers.max_norm", "train.steps",
                 "train.batch_size", "train.seq_len", "train.threads", "train.eval_every", "train.eval_tokens",
                 "train.checkpoint_every", "train.keep_checkpoints", "train.log_every", "train.divergence_factor",
-                "data.vocab_size"):
+                "data.vocab_size", "diagnostics.every", "diagnostics.gain_sequences", "diagnostics.drift_threshold"):
         _positive(config, key)
     for key in ("optim.weight_decay", "multipliers.weight_decay", "schedule.warmup", "schedule.min_ratio",
                 "train.seed", "train.sample_tokens", "data.split_seed"):

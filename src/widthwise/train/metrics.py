@@ -1,4 +1,4 @@
-"""The run's live logs: ``metrics.jsonl`` (appended and flushed per record) and TensorBoard event files."""
+"""The run's live logs: ``metrics.jsonl``, ``diagnostics.jsonl`` (appended, flushed per record), TensorBoard."""
 
 from __future__ import annotations
 
@@ -10,11 +10,14 @@ from typing import Any
 from ..atomic import atomic_write_text
 
 
-def _clean(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """``value`` with non-finite floats as strings (JSON has no NaN/inf; keep them visible as "nan"/"inf")."""
     if isinstance(value, float) and not math.isfinite(value):
-        return str(value)  # JSON has no NaN/inf; keep them visible as "nan"/"inf"
+        return str(value)
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -32,34 +35,45 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 class MetricsLog:
-    """Appends one JSON object per record to ``metrics.jsonl`` and mirrors scalars to TensorBoard.
+    """Appends one JSON object per record to ``<stream>.jsonl`` and mirrors scalars to TensorBoard.
 
-    ``resume_step`` drops records after the checkpoint a run resumes from (they will be produced again),
-    rewriting the file atomically, and tells TensorBoard to purge those steps.
+    ``streams`` name the files (``metrics`` -> ``metrics.jsonl``); TensorBoard tags of a stream other than
+    ``metrics`` carry its name as a prefix. ``resume_step`` drops records after the checkpoint a run resumes
+    from (they will be produced again), rewriting each file atomically, and tells TensorBoard to purge those
+    steps.
     """
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True, resume_step: int | None = None) -> None:
+    def __init__(self, run_dir: Path, tensorboard: bool = True, resume_step: int | None = None,
+                 streams: tuple[str, ...] = ("metrics",)) -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
-        if resume_step is not None:
-            kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
-            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
-        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+        self._files = {}
+        for stream in streams:
+            path = Path(run_dir) / f"{stream}.jsonl"
+            if resume_step is not None and path.exists():
+                kept = [r for r in read_metrics(path) if r.get("step", 0) <= resume_step]
+                atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+            self._files[stream] = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
         self._tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=resume_step)
 
-    def write(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps(_clean(record)) + "\n")
-        self._file.flush()
+    def write(self, record: dict[str, Any], stream: str = "metrics",
+              scalars: dict[str, Any] | None = None) -> None:
+        """Append ``record``; TensorBoard gets its numbers, or those of ``scalars`` (nested dicts: ``a/b`` tags)."""
+        file = self._files[stream]
+        file.write(json.dumps(json_safe(record)) + "\n")
+        file.flush()
         if self._tb is not None:
             step = record["step"]
-            for key, value in _scalars(record):
+            prefix = "" if stream == "metrics" else f"{stream}/"
+            for key, value in _scalars(record if scalars is None else scalars, prefix):
                 self._tb.add_scalar(key, value, step)
 
     def close(self) -> None:
-        self._file.close()
+        for file in self._files.values():
+            file.close()
         if self._tb is not None:
             self._tb.close()
 

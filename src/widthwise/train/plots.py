@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from ..atomic import atomic_savefig
 from .metrics import read_metrics
 
 
@@ -43,7 +44,7 @@ def write_plots(run_dir: Path) -> list[Path]:
     ax.legend()
     fig.tight_layout()
     written.append(out / "loss.png")
-    fig.savefig(written[-1], dpi=120)
+    atomic_savefig(fig, written[-1], dpi=120)
     plt.close(fig)
 
     lr = [(r["step"], r["lr"]) for r in records if _finite(r.get("lr"))]
@@ -56,7 +57,7 @@ def write_plots(run_dir: Path) -> list[Path]:
         ax.grid(alpha=0.3)
         fig.tight_layout()
         written.append(out / "lr.png")
-        fig.savefig(written[-1], dpi=120)
+        atomic_savefig(fig, written[-1], dpi=120)
         plt.close(fig)
 
     mult = [(r["step"], r["multipliers"]) for r in records if r.get("multipliers")]
@@ -94,6 +95,6 @@ def _multiplier_plot(plt, mult: list[tuple[int, dict]], path: Path) -> Path:
     fig.suptitle("learnable multipliers over training (all blocks pooled; mean, band = +-1 std)", fontsize=10)
     fig.supxlabel("step", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_savefig(fig, path, dpi=120)
     plt.close(fig)
     return path

@@ -29,6 +29,8 @@ from tqdm.auto import tqdm
 from ..atomic import atomic_write_text
 from ..clipping import clip_grad_norm_
 from ..data import BatchSampler, DataError, TokenData, prepare_data, validation_batches
+from ..diagnostics.monitor import TrainingDiagnostics
+from ..diagnostics.multiplier_stats import multiplier_stats
 from ..schedules import ScheduleRatio
 from .checkpoint import (
     Checkpoint,
@@ -38,8 +40,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import Config, ConfigError, apply_overrides, from_dict
-from .metrics import MetricsLog, read_metrics
-from .multiplier_stats import multiplier_stats
+from .metrics import MetricsLog, json_safe, read_metrics
 from .runtime import Runtime, resolve_device, resolve_runtime
 from .setup import Built, build, resolved_config
 
@@ -51,7 +52,8 @@ EXIT_OK, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 2, 3, 130
 RESUMABLE_KEYS = ("train.steps", "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints",
                   "train.log_every", "train.progress", "train.plots", "train.tensorboard", "train.sample_tokens",
                   "train.sample_prompt", "train.threads", "train.compile", "train.divergence_factor",
-                  "data.cache_dir")
+                  "data.cache_dir", "diagnostics.every", "diagnostics.spectra", "diagnostics.gains",
+                  "diagnostics.gain_sequences", "diagnostics.drift_threshold")
 FINAL_LOSS_WINDOW = 10
 
 
@@ -85,28 +87,34 @@ def start(config: Config, out: Path, **kwargs: Any) -> Result:
 def resume(run_dir: Path, overrides: list[str] | tuple[str, ...] = (), **kwargs: Any) -> Result:
     """Continue the run in ``run_dir`` from its latest checkpoint; ``overrides`` may extend ``train.steps``."""
     run_dir = Path(run_dir)
-    config_file = run_dir / "config.yaml"
-    if not run_dir.is_dir():
-        raise RunError(f"--resume {run_dir}: no such run directory")
-    if not config_file.is_file():
-        raise RunError(f"--resume {run_dir}: no config.yaml, not a widthwise run directory")
-    try:
-        data = yaml.safe_load(config_file.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise RunError(f"--resume {run_dir}: config.yaml is corrupt (not valid YAML{where})") from None
-    if not isinstance(data, dict):
-        raise RunError(f"--resume {run_dir}: config.yaml is corrupt (not a mapping of sections)")
-    try:
-        config = from_dict({k: v for k, v in data.items() if k not in ("plan", "resolved")})
-    except ConfigError as err:
-        raise RunError(f"--resume {run_dir}: config.yaml is corrupt ({err})") from None
+    config = read_run_config(run_dir, "--resume")
     changed = apply_overrides(config, overrides)
     for key in _changed_keys(config, changed):
         if key not in RESUMABLE_KEYS:
             raise ConfigError(f"--set {key}: cannot change on resume (only {', '.join(RESUMABLE_KEYS)})")
     return _run(changed, run_dir, resume=config, **kwargs)
+
+
+def read_run_config(run_dir: Path, what: str = "RUN_DIR") -> Config:
+    """The config a run directory was trained with (its ``config.yaml``); :class:`RunError` names ``what``."""
+    run_dir = Path(run_dir)
+    config_file = run_dir / "config.yaml"
+    if not run_dir.is_dir():
+        raise RunError(f"{what} {run_dir}: no such run directory")
+    if not config_file.is_file():
+        raise RunError(f"{what} {run_dir}: no config.yaml, not a widthwise run directory")
+    try:
+        data = yaml.safe_load(config_file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise RunError(f"{what} {run_dir}: config.yaml is corrupt (not valid YAML{where})") from None
+    if not isinstance(data, dict):
+        raise RunError(f"{what} {run_dir}: config.yaml is corrupt (not a mapping of sections)")
+    try:
+        return from_dict({k: v for k, v in data.items() if k not in ("plan", "resolved")})
+    except ConfigError as err:
+        raise RunError(f"{what} {run_dir}: config.yaml is corrupt ({err})") from None
 
 
 def _changed_keys(a: Config, b: Config) -> list[str]:
@@ -164,6 +172,13 @@ class _Run:
         self.eval_model = self.step_model if self.runtime.device.type == "cuda" else self.model
         self.sampler = BatchSampler(self.data.train, t.batch_size, t.seq_len, t.seed)
         self.val = validation_batches(self.data.val, t.batch_size, t.seq_len, t.eval_tokens)
+        dc = config.diagnostics
+        self.diagnostics: TrainingDiagnostics | None = None
+        if dc.every:
+            gain_batch = self.val[0][0][: dc.gain_sequences].to(self.runtime.device) if dc.gains else None
+            self.diagnostics = TrainingDiagnostics(self.model, self.built.optimizer, gain_batch, spectra=dc.spectra,
+                                                   drift_threshold=dc.drift_threshold)
+        self.diagnostics_seconds = 0.0  # time spent measuring diagnostics, outside the optimizer steps
         self.step = 0
         self.tokens = 0
         self.elapsed = 0.0  # wall seconds over all segments of the run
@@ -176,7 +191,8 @@ class _Run:
     # -- checkpoints ------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         return {"sampler": self.sampler.state_dict(), "tokens": self.tokens, "elapsed_s": self.elapsed,
-                "train_s": self.train_seconds, "initial_loss": self.initial_loss, "recent": self.recent,
+                "train_s": self.train_seconds, "diagnostics_s": self.diagnostics_seconds,
+                "initial_loss": self.initial_loss, "recent": self.recent,
                 "val_loss": self.val_loss, "world_size": 1, "data_fingerprint": self.data.fingerprint,
                 "vocab_size": self.built.model_config.vocab_size}
 
@@ -216,6 +232,7 @@ class _Run:
         self.sampler.load_state_dict(s["sampler"])
         self.step, self.tokens = ckpt.step, s["tokens"]
         self.elapsed, self.train_seconds = s["elapsed_s"], s["train_s"]
+        self.diagnostics_seconds = s.get("diagnostics_s", 0.0)
         self.initial_loss, self.recent, self.val_loss = s["initial_loss"], s["recent"], s["val_loss"]
 
     # -- the loop ---------------------------------------------------------------------------------------
@@ -253,6 +270,17 @@ class _Run:
         self.model.train()
         return total / max(count, 1)
 
+    def measure_diagnostics(self, metrics: MetricsLog) -> None:
+        """Write a ``diagnostics.jsonl`` record (TensorBoard: pooled by layer type); warn about symmetry drift."""
+        assert self.diagnostics is not None
+        tick = time.perf_counter()
+        record, scalars, warnings = self.diagnostics.measure(self.step)
+        self.diagnostics_seconds += time.perf_counter() - tick
+        metrics.write({"step": self.step, "tokens": self.tokens, "lr": self.lr_at_last(), **record},
+                      stream="diagnostics", scalars=scalars)
+        for warning in warnings:
+            tqdm.write(f"widthwise: warning: step {self.step}: {warning}", file=sys.stderr)
+
     def diverged(self, loss: float) -> bool:
         if not math.isfinite(loss):
             return True
@@ -265,6 +293,9 @@ class _Run:
             "status": status, "steps": self.step, "tokens": self.tokens,
             "final_train_loss": final, "val_loss": self.val_loss, "wall_s": round(self.elapsed, 3),
             "train_s": round(self.train_seconds, 3),
+            "diagnostics_s": round(self.diagnostics_seconds, 3),
+            "diagnostics_overhead": (round(self.diagnostics_seconds / self.train_seconds, 5)
+                                     if self.train_seconds and self.diagnostics is not None else None),
             "tokens_per_s": round(self.tokens / self.train_seconds, 1) if self.train_seconds else None,
             "runtime": self.runtime.describe(), "parameters": self.model.num_parameters(exclude_embedding=False),
             "non_embedding_parameters": self.model.num_parameters(exclude_embedding=True),
@@ -283,8 +314,7 @@ def unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
-    clean = {k: (str(v) if isinstance(v, float) and not math.isfinite(v) else v) for k, v in summary.items()}
-    atomic_write_text(run_dir / "summary.json", json.dumps(clean, indent=1) + "\n")
+    atomic_write_text(run_dir / "summary.json", json.dumps(json_safe(summary), indent=1) + "\n")
 
 
 def _run(config: Config, run_dir: Path, resume: Config | None, log: Callable[[str], None] | None = None) -> Result:
@@ -330,7 +360,9 @@ def _run(config: Config, run_dir: Path, resume: Config | None, log: Callable[[st
         f"{session.model.num_parameters(exclude_embedding=False) / 1e6:.2f}M parameters, recipe "
         f"{session.built.recipe.name}, multipliers {config.multipliers.kind}, {config.optim.name}, "
         f"{session.runtime.describe()}")
-    metrics = MetricsLog(run_dir, config.train.tensorboard, resume_step=session.step if resume else None)
+    streams = ("metrics", "diagnostics") if session.diagnostics is not None else ("metrics",)
+    metrics = MetricsLog(run_dir, config.train.tensorboard, resume_step=session.step if resume else None,
+                         streams=streams)
     status, code = "completed", EXIT_OK
     try:
         with _deferred_signals(session):
@@ -398,6 +430,9 @@ def _loop(session: _Run, metrics: MetricsLog, started: float) -> tuple[str, int]
                     session.log(f"widthwise: diverged at step {session.step} (loss {loss:.4g}, initial "
                                 f"{session.initial_loss:.4g}, factor {t.divergence_factor})")
                     return "diverged", EXIT_DIVERGED
+            every = session.config.diagnostics.every
+            if session.diagnostics is not None and (session.step % every == 0 or session.step == t.steps):
+                session.measure_diagnostics(metrics)
             bar.update(1)
             if session.step % t.checkpoint_every == 0 or session.step == t.steps:
                 session.elapsed = last_elapsed + (time.perf_counter() - started)
@@ -427,4 +462,5 @@ def generate_sample(session: _Run) -> str:
 
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_DIVERGED", "EXIT_INTERRUPTED", "EXIT_OK", "CheckpointError", "ConfigError",
-           "DataError", "Result", "RunError", "read_metrics", "resume", "start", "unique_state_dict"]
+           "DataError", "Result", "RunError", "read_metrics", "read_run_config", "resume", "start",
+           "unique_state_dict"]

@@ -1,0 +1,106 @@
+"""Diagnostics during training: one call every N steps gives a ``diagnostics.jsonl`` record.
+
+Cheap enough to run inside a training loop (the cost is measured in ``benchmarks/diagnostics_overhead.py``
+and stored in each run's ``summary.json``): power iteration warm-started from the previous call, one forward
+pass over a few fixed sequences for the sublayer gains, and reductions over the weights.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from .equilibrium import equilibrium_report
+from .gains import gain_summary, sublayer_gains
+from .matrices import effective_weight, matrix_sites
+from .multiplier_stats import drift_warnings, multiplier_stats, symmetry_drift
+from .naming import pool_by_layer_type
+from .spectra import rms, top_singular_values
+
+
+class TrainingDiagnostics:
+    """Measures a model (and its optimizer's live LR/WD) every time :meth:`measure` is called.
+
+    ``batch`` is the fixed input of the sublayer gains (the same sequences every time, so gains are
+    comparable across steps); ``None`` skips gains. A symmetry-drift warning is reported once per monitor,
+    when it first passes ``drift_threshold`` (log2 units).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        batch: Any = None,
+        *,
+        spectra: bool = True,
+        drift_threshold: float = 3.0,
+    ) -> None:
+        self.model, self.optimizer, self.batch = model, optimizer, batch
+        self.spectra, self.drift_threshold = spectra, drift_threshold
+        self.warned: set[str] = set()
+        self.sites = matrix_sites(model)
+
+    @torch.no_grad()
+    def measure(self, step: int) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+        """``(record, tensorboard scalars, new warnings)`` for the model as it is at ``step``."""
+        matrices: dict[str, dict[str, Any]] = {name: {} for name in self.sites}
+        has_multipliers = False
+        for name, site in self.sites.items():
+            eff = effective_weight(site)
+            if eff is not site.param and not torch.equal(eff, site.param):
+                has_multipliers = True
+                matrices[name]["rms_effective"] = rms(eff)
+        if self.spectra:
+            for name, sigma in top_singular_values(self.model, which="effective").items():
+                matrices[name]["sigma_max"] = sigma
+            if has_multipliers:
+                for name, sigma in top_singular_values(self.model, which="stored").items():
+                    matrices[name]["sigma_max_stored"] = sigma
+        if self.optimizer is not None:
+            for name, entry in equilibrium_report(self.model, self.optimizer).items():
+                matrices[name].update(rms=entry["rms"], lr=entry["lr"], weight_decay=entry["weight_decay"],
+                                      equilibrium_rms=entry["equilibrium_rms"], equilibrium_ratio=entry["ratio"])
+        for name, site in self.sites.items():
+            matrices[name].setdefault("rms", rms(site.param.detach()))
+        record: dict[str, Any] = {"step": step, "matrices": matrices}
+        if self.batch is not None:
+            gains = sublayer_gains(self.model, self.batch)
+            for name, site in self.sites.items():
+                if site.module_name in gains:
+                    matrices[name]["sublayer_gain"] = gains[site.module_name]
+            record["blocks"] = {k: v for k, v in gains.items()
+                                if k not in {s.module_name for s in self.sites.values()}}
+            record["gains"] = gain_summary(gains)
+        stats = multiplier_stats(self.model)
+        if stats:
+            record["multipliers"] = stats
+        drift = symmetry_drift(self.model)
+        if drift:
+            record["symmetry"] = drift
+        record["warnings"] = drift_warnings(drift, self.drift_threshold) if drift else []
+        fresh = {k: v for k, v in drift.items() if abs(v) > self.drift_threshold and k not in self.warned}
+        self.warned.update(fresh)
+        new = drift_warnings(fresh, self.drift_threshold) if fresh else []
+        return record, self.scalars(record), new
+
+    @staticmethod
+    def scalars(record: dict[str, Any]) -> dict[str, dict[str, float]]:
+        """The TensorBoard view of a record: each measure pooled over blocks by layer type."""
+        out: dict[str, dict[str, float]] = {}
+        for key in ("sigma_max", "rms", "equilibrium_ratio", "sublayer_gain"):
+            pooled = pool_by_layer_type({n: m[key] for n, m in record["matrices"].items()
+                                         if _finite(m.get(key))})
+            if pooled:
+                out[key] = pooled
+        if record.get("symmetry"):
+            out["symmetry"] = {k: v for k, v in record["symmetry"].items() if _finite(v)}
+        if record.get("gains"):
+            out["gains"] = {k: v for k, v in record["gains"].items() if _finite(v)}
+        return out
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
