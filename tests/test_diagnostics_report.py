@@ -143,3 +143,18 @@ def test_diagnose_bad_input_is_one_line_exit_2(run, tmp_path, capsys):
     (corrupt / "config.yaml").write_text("model: [unclosed\n")
     assert "config.yaml is corrupt" in _bad(capsys, "diagnose", str(corrupt))
     assert "invalid int" in _bad(capsys, "diagnose", str(run), "--step", "x")
+
+
+def test_diagnose_reports_a_blown_up_matrix_as_nan(run, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(run, broken, ignore=shutil.ignore_patterns("tensorboard"))
+    weights_file = broken / "checkpoints" / "step_00000030" / "model.safetensors"
+    weights = load_file(weights_file)
+    weights["blocks.1.mlp.up_proj.parametrizations.weight.original"][0, 0] = float("nan")
+    save_file(weights, weights_file)
+    assert main(["diagnose", str(broken), "--no-plots"]) == 0
+    d = json.loads((broken / "diagnostics.json").read_text())
+    assert d["matrices"]["blocks.1.mlp.up_proj.weight"]["sigma_max"] == "nan"
+    assert isinstance(d["matrices"]["blocks.0.mlp.up_proj.weight"]["sigma_max"], float)

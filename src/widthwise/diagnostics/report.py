@@ -65,15 +65,15 @@ def diagnose(run_dir: Path, *, step: int | None = None, sequences: int = 16, plo
     has_multipliers = bool(built.multiplier_names)
     for name, site in sites.items():
         eff = as_linear_map(effective_weight(site), site)
-        sv = torch.linalg.svdvals(eff.cpu())
+        sv = _svdvals(eff)
         spectra[name] = sv
         entry: dict[str, Any] = {
             "role": built.plan[name].role.value, "layer_type": layer_type(name), "shape": list(site.shape),
-            "sigma_max": float(sv[0]), "stable_rank": float((sv**2).sum() / sv[0] ** 2) if sv[0] > 0 else 0.0,
+            "sigma_max": float(sv[0]), "stable_rank": float((sv**2).sum() / sv[0] ** 2) if sv[0] != 0 else 0.0,
             "rms_effective": float(eff.pow(2).mean().sqrt()),
         }
         if has_multipliers:
-            entry["sigma_max_stored"] = float(torch.linalg.svdvals(as_linear_map(stored_weight(site), site).cpu())[0])
+            entry["sigma_max_stored"] = float(_svdvals(as_linear_map(stored_weight(site), site))[0])
         matrices[name] = entry
 
     report = equilibrium_report(model, built.optimizer)
@@ -121,6 +121,14 @@ def diagnose(run_dir: Path, *, step: int | None = None, sequences: int = 16, plo
             run_dir / "plots" / "diagnostics", result, spectra, multiplier_values(model), history, abm,
             title=run_dir.name)]
     return result
+
+
+def _svdvals(matrix: torch.Tensor) -> torch.Tensor:
+    """Exact singular values (CPU); all NaN for a matrix holding non-finite values (a run that blew up)."""
+    matrix = matrix.cpu()
+    if not bool(torch.isfinite(matrix).all()):
+        return torch.full((min(matrix.shape),), float("nan"))
+    return torch.linalg.svdvals(matrix)
 
 
 def _gain_batch(session, sequences: int) -> torch.Tensor:
