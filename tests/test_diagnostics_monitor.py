@@ -22,6 +22,9 @@ def test_record_holds_every_matrix_and_the_optimizers_real_lr_wd():
     group = next(g for g in built.optimizer.param_groups if "blocks.0.attn.q_proj.weight" in g["names"])
     assert (q["lr"], q["weight_decay"]) == (group["lr"], group["weight_decay"])
     assert q["sigma_max"] > 0 and q["sublayer_gain"] > 0 and q["equilibrium_ratio"] > 0
+    # at init the multipliers are 1, yet the record already has the keys of a model with multipliers
+    assert q["sigma_max_stored"] == q["sigma_max"] and q["rms_effective"] == q["rms"]
+    assert "sigma_max_stored" not in record["matrices"]["head.weight"]  # the head has none
     assert set(record["blocks"]) == {"blocks.0.attn", "blocks.0.mlp", "blocks.1.attn", "blocks.1.mlp"}
     mean_q = (q["sigma_max"] + record["matrices"]["blocks.1.attn.q_proj.weight"]["sigma_max"]) / 2
     assert abs(scalars["sigma_max"]["attn.q_proj"] - mean_q) < 1e-9

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from widthwise.diagnostics.multiplier_stats import layer_type, multiplier_stats
+from widthwise.diagnostics.multiplier_stats import multiplier_stats
+from widthwise.diagnostics.naming import layer_type
 from widthwise.train.config import ConfigError, load_config
 from widthwise.train.setup import build, load_recipe, model_configs
 

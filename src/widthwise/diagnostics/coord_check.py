@@ -31,12 +31,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..clipping import clip_grad_norm_
-from ..data import BatchSampler, TokenData, prepare_data, validation_batches
+from ..atomic import atomic_savefig, atomic_write_text
+from ..data import BatchSampler, TokenData, validation_batches
 from ..recipes import PRESETS
 from ..train.config import Config, ConfigError, apply_overrides, load_config
-from ..train.runtime import resolve_device
-from ..train.setup import Built, build, load_recipe, model_configs
+from ..train.setup import Built, apply_update, build, config_device, load_data, load_recipe, model_configs
 from .gains import gain_summary, sublayer_gains
 from .naming import block_index, pool_by_layer_type
 from .spectra import top_singular_values
@@ -216,12 +215,7 @@ def measure(model: nn.Module, x: torch.Tensor, spectral: bool = True) -> dict[st
 def _train_step(built: Built, config: Config, x: torch.Tensor, y: torch.Tensor) -> float:
     loss = built.model(x, y)
     loss.backward()
-    clip = config.optim.grad_clip
-    clip_grad_norm_(built.model, clip if clip is not None else math.inf,
-                    multiplier_max_norm=config.multipliers.max_norm)
-    built.optimizer.step()
-    built.scheduler.step()
-    built.optimizer.zero_grad(set_to_none=True)
+    apply_update(built, config)
     return float(loss.detach())
 
 
@@ -239,14 +233,6 @@ def _run(config: Config, vocab: int, device: torch.device, batches: list[Batch],
         rows += [(step, k, v) for k, v in measure(built.model, probe, spectral).items()]
         tick()
     return rows
-
-
-def _cache_dir(config: Config) -> Path:
-    if config.data.cache_dir:
-        return Path(config.data.cache_dir)
-    from ..train.trainer import default_cache_dir
-
-    return default_cache_dir()
 
 
 @contextlib.contextmanager
@@ -305,12 +291,8 @@ def coord_check(
 
 def _inputs(config: Config) -> tuple[TokenData, torch.device, torch.Tensor]:
     """The config's token data, its device and the fixed probe batch (the first validation batch's inputs)."""
-    d, t = config.data, config.train
-    data = prepare_data(d.path, d.vocab_size, t.seq_len, _cache_dir(config), d.val_fraction, d.split_seed)
-    try:
-        device = resolve_device(t.device)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
+    t = config.train
+    data, device = load_data(config), config_device(config)
     probe = validation_batches(data.val, t.batch_size, t.seq_len, t.batch_size * t.seq_len)[0][0]
     return data, device, probe.to(device)
 
@@ -413,8 +395,6 @@ class CoordCheck:
 
     def save(self, path: str | Path, threshold: float = DEFAULT_THRESHOLD) -> Path:
         """Write :meth:`to_dict` as JSON to ``path``."""
-        from ..atomic import atomic_write_text
-
         path = Path(path)
         atomic_write_text(path, json.dumps(self.to_dict(threshold), indent=1) + "\n")
         return path
@@ -485,6 +465,6 @@ def plot_coord_check(check: CoordCheck, path: Path) -> Path:
     fig.tight_layout(rect=(0, 0, 0.93, 0.97))
     bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes, fraction=0.02, pad=0.02)
     bar.set_label("step (0 = init)")
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
     return path

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from .equilibrium import equilibrium_report
 from .gains import gain_summary, sublayer_gains
@@ -42,23 +43,22 @@ class TrainingDiagnostics:
         self.spectra, self.drift_threshold = spectra, drift_threshold
         self.warned: set[str] = set()
         self.sites = matrix_sites(model)
+        #: Matrices whose applied weight is not the stored one (learnable multipliers, fixed scales).
+        self.parametrized = [n for n, s in self.sites.items() if parametrize.is_parametrized(s.module, s.tensor_name)]
 
     @torch.no_grad()
     def measure(self, step: int) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
         """``(record, tensorboard scalars, new warnings)`` for the model as it is at ``step``."""
         matrices: dict[str, dict[str, Any]] = {name: {} for name in self.sites}
-        has_multipliers = False
-        for name, site in self.sites.items():
-            eff = effective_weight(site)
-            if eff is not site.param and not torch.equal(eff, site.param):
-                has_multipliers = True
-                matrices[name]["rms_effective"] = rms(eff)
+        for name in self.parametrized:
+            matrices[name]["rms_effective"] = rms(effective_weight(self.sites[name]))
         if self.spectra:
             for name, sigma in top_singular_values(self.model, which="effective").items():
                 matrices[name]["sigma_max"] = sigma
-            if has_multipliers:
-                for name, sigma in top_singular_values(self.model, which="stored").items():
-                    matrices[name]["sigma_max_stored"] = sigma
+            if self.parametrized:
+                stored = top_singular_values(self.model, which="stored")
+                for name in self.parametrized:
+                    matrices[name]["sigma_max_stored"] = stored[name]
         if self.optimizer is not None:
             for name, entry in equilibrium_report(self.model, self.optimizer).items():
                 matrices[name].update(rms=entry["rms"], lr=entry["lr"], weight_decay=entry["weight_decay"],

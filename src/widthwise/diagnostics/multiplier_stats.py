@@ -46,7 +46,6 @@ from .naming import layer_type
 __all__ = [
     "DEFAULT_NORM_READERS",
     "drift_warnings",
-    "layer_type",
     "multiplier_stats",
     "multiplier_values",
     "symmetry_drift",

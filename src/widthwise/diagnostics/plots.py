@@ -92,7 +92,7 @@ def _spectra(plt, path: Path, spectra: Mapping[str, torch.Tensor], title: str) -
     return atomic_savefig(fig, path, dpi=110)
 
 
-def _sigma_max(plt, path: Path, result: Mapping[str, Any], ) -> Path:
+def _sigma_max(plt, path: Path, result: Mapping[str, Any]) -> Path:
     """Top singular value by block for each layer type (solid: effective weight, dashed: stored weight)."""
     matrices = result["matrices"]
     in_blocks = {n: m for n, m in matrices.items() if block_index(n) is not None}

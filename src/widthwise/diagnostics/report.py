@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.utils import parametrize
 
 from ..atomic import atomic_write_text
 from ..roles import parameter_sites
@@ -25,6 +26,7 @@ from .gains import gain_summary, sublayer_gains
 from .matrices import as_linear_map, effective_weight, matrix_sites, stored_weight
 from .multiplier_stats import drift_warnings, multiplier_stats, multiplier_values, symmetry_drift
 from .naming import layer_type, pool_by_layer_type, sort_layer_types
+from .spectra import rms
 
 #: Elements of the tensor an AdamW ABM reference simulates (RMS is per element, so the shape does not matter).
 ABM_SHAPE = (128, 128)
@@ -62,7 +64,6 @@ def diagnose(run_dir: Path, *, step: int | None = None, sequences: int = 16, plo
     sites = matrix_sites(model, built.plan.roles())
     matrices: dict[str, dict[str, Any]] = {}
     spectra: dict[str, torch.Tensor] = {}
-    has_multipliers = bool(built.multiplier_names)
     for name, site in sites.items():
         eff = as_linear_map(effective_weight(site), site)
         sv = _svdvals(eff)
@@ -70,9 +71,9 @@ def diagnose(run_dir: Path, *, step: int | None = None, sequences: int = 16, plo
         entry: dict[str, Any] = {
             "role": built.plan[name].role.value, "layer_type": layer_type(name), "shape": list(site.shape),
             "sigma_max": float(sv[0]), "stable_rank": float((sv**2).sum() / sv[0] ** 2) if sv[0] != 0 else 0.0,
-            "rms_effective": float(eff.pow(2).mean().sqrt()),
+            "rms_effective": rms(eff),
         }
-        if has_multipliers:
+        if parametrize.is_parametrized(site.module, site.tensor_name):  # the applied weight is not V
             entry["sigma_max_stored"] = float(_svdvals(as_linear_map(stored_weight(site), site))[0])
         matrices[name] = entry
 
@@ -91,7 +92,7 @@ def diagnose(run_dir: Path, *, step: int | None = None, sequences: int = 16, plo
             m["abm_rms"] = ref["trajectory"][-1] if ref["trajectory"] else None
             m["abm_ratio"] = m["rms"] / m["abm_rms"] if m["abm_rms"] else None
     for name, site in sites.items():
-        matrices[name].setdefault("rms", float(stored_weight(site).float().pow(2).mean().sqrt()))
+        matrices[name].setdefault("rms", rms(stored_weight(site)))
 
     batch = _gain_batch(session, sequences)
     gains = sublayer_gains(model, batch)

@@ -45,7 +45,6 @@ class MetricsLog:
 
     def __init__(self, run_dir: Path, tensorboard: bool = True, resume_step: int | None = None,
                  streams: tuple[str, ...] = ("metrics",)) -> None:
-        self.path = Path(run_dir) / "metrics.jsonl"
         self._files = {}
         for stream in streams:
             path = Path(run_dir) / f"{stream}.jsonl"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
 import warnings
 from collections.abc import Mapping
@@ -16,6 +17,8 @@ import torch
 import yaml
 from torch import nn
 
+from ..clipping import clip_grad_norm_
+from ..data import TokenData, prepare_data
 from ..initialization import init_weights
 from ..models.llama import Llama, LlamaConfig, forward_multipliers
 from ..multipliers import add_multipliers
@@ -24,6 +27,28 @@ from ..planning import Plan, plan
 from ..recipes import Recipe, get_recipe
 from ..schedules import lr_schedule
 from .config import Config, ConfigError
+from .runtime import resolve_device
+
+
+def default_cache_dir() -> Path:
+    """``$WIDTHWISE_CACHE`` or ``~/.cache/widthwise``: tokenizers and token memmaps, keyed by corpus hash."""
+    env = os.environ.get("WIDTHWISE_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "widthwise"
+
+
+def load_data(config: Config) -> TokenData:
+    """The config's tokenized train/validation data (``data.cache_dir``, else :func:`default_cache_dir`)."""
+    d, t = config.data, config.train
+    cache = Path(d.cache_dir) if d.cache_dir else default_cache_dir()
+    return prepare_data(d.path, d.vocab_size, t.seq_len, cache, d.val_fraction, d.split_seed)
+
+
+def config_device(config: Config) -> torch.device:
+    """``train.device`` resolved (``auto``: CUDA when present); a device that is not there is a ConfigError."""
+    try:
+        return resolve_device(config.train.device)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def load_recipe(config: Config) -> Recipe:
@@ -183,3 +208,14 @@ def resolved_config(config: Config, built: Built, extra: Mapping[str, Any]) -> d
         data["model"][key] = getattr(built.declared_config, key)
     data["scaling"]["base_width"] = built.base_config.width
     return {**data, "resolved": json.loads(json.dumps(dict(extra))), "plan": built.plan.to_dict()}
+
+
+def apply_update(built: Built, config: Config) -> torch.Tensor | float:
+    """After ``backward()``: clip (multipliers apart), optimizer and schedule step, zero the grads; the grad norm."""
+    clip = config.optim.grad_clip
+    norm = clip_grad_norm_(built.model, clip if clip is not None else math.inf,
+                           multiplier_max_norm=config.multipliers.max_norm)
+    built.optimizer.step()
+    built.scheduler.step()
+    built.optimizer.zero_grad(set_to_none=True)
+    return norm

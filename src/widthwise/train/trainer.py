@@ -27,8 +27,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from ..atomic import atomic_write_text
-from ..clipping import clip_grad_norm_
-from ..data import BatchSampler, DataError, TokenData, prepare_data, validation_batches
+from ..data import BatchSampler, DataError, TokenData, validation_batches
 from ..diagnostics.monitor import TrainingDiagnostics
 from ..diagnostics.multiplier_stats import multiplier_stats
 from ..schedules import ScheduleRatio
@@ -41,8 +40,8 @@ from .checkpoint import (
 )
 from .config import Config, ConfigError, apply_overrides, from_dict
 from .metrics import MetricsLog, json_safe, read_metrics
-from .runtime import Runtime, resolve_device, resolve_runtime
-from .setup import Built, build, resolved_config
+from .runtime import Runtime, resolve_runtime
+from .setup import Built, apply_update, build, config_device, load_data, resolved_config
 
 if TYPE_CHECKING:
     from torch import nn
@@ -59,12 +58,6 @@ FINAL_LOSS_WINDOW = 10
 
 class RunError(ValueError):
     """A run directory that cannot be used (exists already, missing, corrupt); one line."""
-
-
-def default_cache_dir() -> Path:
-    """``$WIDTHWISE_CACHE`` or ``~/.cache/widthwise``: tokenizers and token memmaps, keyed by corpus hash."""
-    env = os.environ.get("WIDTHWISE_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "widthwise"
 
 
 @dataclass
@@ -152,17 +145,11 @@ class _Run:
     def __init__(self, config: Config, run_dir: Path, log: Callable[[str], None]) -> None:
         self.config, self.run_dir, self.log = config, run_dir, log
         t = config.train
-        cache = Path(config.data.cache_dir) if config.data.cache_dir else default_cache_dir()
-        d = config.data
-        self.data: TokenData = prepare_data(d.path, d.vocab_size, t.seq_len, cache, d.val_fraction, d.split_seed)
+        self.data: TokenData = load_data(config)
         vocab = config.model.vocab_size or self.data.vocab_size
         if vocab < self.data.vocab_size:
             raise ConfigError(f"model.vocab_size: {vocab} is smaller than the tokenizer's {self.data.vocab_size}")
-        try:
-            device = resolve_device(t.device)
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
-        self.built: Built = build(config, vocab, device)
+        self.built: Built = build(config, vocab, config_device(config))
         self.model = self.built.model
         flops = self.model.flops_per_token(t.seq_len) * t.batch_size * t.seq_len
         self.runtime: Runtime = resolve_runtime(t.device, t.dtype, t.compile, t.threads, config.model.width,
@@ -247,12 +234,7 @@ class _Run:
         with self.runtime.autocast():
             loss = self.step_model(x, y)
         loss.backward()
-        clip = self.config.optim.grad_clip
-        norm = clip_grad_norm_(self.model, clip if clip is not None else math.inf,
-                               multiplier_max_norm=self.config.multipliers.max_norm)
-        self.built.optimizer.step()
-        self.built.scheduler.step()
-        self.built.optimizer.zero_grad(set_to_none=True)
+        norm = apply_update(self.built, self.config)
         self.step += 1
         self.tokens += x.numel()
         return loss.detach(), norm
