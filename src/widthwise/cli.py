@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import NoReturn
 
 from .data import DataError
+from .sweep.spec import SweepError
 from .train.checkpoint import CheckpointError
 from .train.config import ConfigError, builtin_names, load_config
 from .train.trainer import EXIT_BAD_INPUT, RunError
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError, RunError)
+USER_ERRORS = (ConfigError, DataError, CheckpointError, RunError, SweepError)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -51,7 +52,69 @@ def _parser() -> argparse.ArgumentParser:
     diagnose.add_argument("--sequences", type=_positive_int, default=16,
                           help="validation sequences for the sublayer gains (default: 16)")
     diagnose.add_argument("--no-plots", action="store_true", help="write diagnostics.json only")
+    _add_sweep_commands(sub)
     return parser
+
+
+def _add_execution(p: argparse.ArgumentParser) -> None:
+    """Options shared by the commands that run many trainings: where and how wide."""
+    p.add_argument("--workers", type=_positive_int, help="runs at a time (default: cores / threads)")
+    p.add_argument("--threads", type=_positive_int, help="threads per run (default: 2 with 4+ cores, else 1)")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local worker processes, or Ray (default: local)")
+    p.add_argument("--address", help="Ray cluster address for --executor ray (default: start a local instance)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_sweep_commands(sub: argparse._SubParsersAction) -> None:
+    sweep = sub.add_parser(
+        "sweep", help="run a grid of trainings (width x LR x WD x recipe ...), resumable",
+        description="Run every point of a sweep file's grid as an ordinary run directory under SWEEP_DIR/runs/ and "
+                    "record each in SWEEP_DIR/results.db (SQLite). Rerunning the same command resumes the sweep.",
+        epilog="sweep file: {base: CONFIG, grid: {section.key: [values]}, set: {section.key: value}, seeds: [..]}",
+    )
+    sweep.add_argument("sweep_file", type=Path, metavar="SWEEP.yaml", help="the sweep file")
+    sweep.add_argument("--out", type=Path, required=True, metavar="SWEEP_DIR", help="sweep directory (new or resumed)")
+    _add_execution(sweep)
+    analyze = sub.add_parser(
+        "analyze", help="where the LR/WD optimum sits at each width, and whether it transfers",
+        description="Find the best LR and WD per recipe and width (grid and log-quadratic fit), judge transfer across "
+                    "widths, and write SWEEP_DIR/report.md, SWEEP_DIR/optima.json and plots in SWEEP_DIR/plots/.",
+    )
+    analyze.add_argument("sweep_dir", type=Path, metavar="SWEEP_DIR")
+    analyze.add_argument("--no-plots", action="store_true", help="write optima.json and report.md only")
+    transfer = sub.add_parser(
+        "transfer", help="write a train config for a target width from a sweep's optimum",
+        description="Take the proxy optimum of an analyzed sweep (base-width LR/WD: the recipe scales them) and write "
+                    "a train config at --width; print the plan with the absolute per-group LR and WD there.",
+    )
+    transfer.add_argument("sweep_dir", type=Path, metavar="SWEEP_DIR")
+    transfer.add_argument("--width", type=_positive_int, required=True, help="target model width")
+    transfer.add_argument("--out", type=Path, required=True, metavar="CONFIG.yaml", help="config file to write")
+    transfer.add_argument("--recipe", help="pick the family of this recipe")
+    transfer.add_argument("--optimizer", help="pick the family of this optimizer")
+    transfer.add_argument("--multipliers", help="pick the family of this multiplier kind")
+    transfer.add_argument("--family", help="pick a family by its full label (as `widthwise analyze` prints it)")
+    transfer.add_argument("--from-width", type=_positive_int, help="proxy width to take the optimum from "
+                                                                    "(default: the widest swept)")
+    transfer.add_argument("--force", action="store_true", help="overwrite CONFIG.yaml")
+    cal = sub.add_parser(
+        "calibrate", help="fit a recipe's WD exponent for your model and optimizer",
+        description="Train short steady-state runs at 3+ widths, fit the width exponent of sigma_max (or the sublayer "
+                    "gain) per layer type, and derive the WD exponent that keeps it width-invariant; write "
+                    "OUT/recipe.yaml (usable as scaling.recipe), OUT/calibration.json and OUT/calibration.png.",
+        epilog=f"built-in configs: {', '.join(builtin_names())}",
+    )
+    cal.add_argument("config", nargs="?", default=None, help="YAML config file or built-in name (default: tiny with "
+                                                             "calibration settings)")
+    cal.add_argument("--out", type=Path, required=True, help="output directory (a sweep directory: resumable)")
+    cal.add_argument("--widths", type=_int_list, help="comma-separated widths, at least 3 (default: 32,64,128)")
+    cal.add_argument("--steps", type=_positive_int, help="steps per run at a constant LR")
+    cal.add_argument("--metric", choices=("sigma_max", "gain"), default="sigma_max", help="what to keep invariant")
+    cal.add_argument("--seeds", type=_positive_int, default=1, help="seeds per width (default: 1)")
+    cal.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
+                     help="override a config field (repeatable)")
+    _add_execution(cal)
 
 
 def _int_list(text: str) -> list[int]:
@@ -175,6 +238,59 @@ def _diagnosis_table(d: dict) -> str:
     return "\n".join("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from .sweep.driver import run_sweep
+    from .sweep.spec import load_sweep
+
+    result = run_sweep(load_sweep(args.sweep_file), args.out, workers=args.workers, threads=args.threads,
+                       executor=args.executor, address=args.address, progress=not args.quiet)
+    if result.exit_code == 0:
+        print(f"sweep {args.out}: {result.counts['completed']} completed, {result.counts['diverged']} diverged, "
+              f"{result.wall_s:.0f} s\n  next: widthwise analyze {args.out}")
+    return result.exit_code
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from .sweep.analysis import analyze
+
+    optima = analyze(args.sweep_dir, plots=not args.no_plots)
+    print(f"analyzed {args.sweep_dir}: {len(optima['families'])} famil{'y' if len(optima['families']) == 1 else 'ies'}")
+    for fam in optima["families"]:
+        t = fam["transfer"]
+        print(f"  {fam['label']}: {t['verdict']}: {t['summary']}")
+        for width, entry in fam["per_width"].items():
+            fit = entry["fit"]
+            print(f"    width {width}: best lr {fit['lr']:.3g}, wd {fit['weight_decay']:.3g} "
+                  f"(val loss {entry['best']['val_loss']:.4f})")
+    print(f"  report: {optima['report']}\n  optima: {Path(args.sweep_dir) / 'optima.json'}")
+    return 0
+
+
+def _transfer(args: argparse.Namespace) -> int:
+    from .sweep.transfer import transfer_config, write_transfer
+
+    t = transfer_config(args.sweep_dir, args.width, recipe=args.recipe, optimizer=args.optimizer,
+                        multipliers=args.multipliers, from_width=args.from_width, family=args.family)
+    write_transfer(t, args.out, force=args.force)
+    for warning in t.warnings:
+        print(f"widthwise: warning: {warning}", file=sys.stderr)
+    print(f"{t.family}: optimum at width {t.from_width}: base lr {t.lr:.4g}, base wd {t.weight_decay:.4g} "
+          f"({t.verdict})")
+    print(f"plan at width {args.width}:")
+    print(t.plan_table)
+    print(f"  config: {args.out}\n  train it: widthwise train {args.out} --out RUN_DIR")
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from .sweep.calibrate_runs import run_calibration
+
+    return run_calibration(args)
+
+
+_SWEEP_COMMANDS = {"sweep": _sweep, "analyze": _analyze, "transfer": _transfer, "calibrate": _calibrate}
+
+
 def _report(result) -> None:
     s, run = result.summary, result.run_dir
     val = f"{s['val_loss']:.4f}" if isinstance(s.get("val_loss"), float) else "n/a"
@@ -200,6 +316,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _coord_check(args)
         if args.command == "diagnose":
             return _diagnose(args)
+        if args.command in _SWEEP_COMMANDS:
+            return _SWEEP_COMMANDS[args.command](args)
     except USER_ERRORS as err:
         message = " ".join(str(err).split())  # one line, whatever the message
         print(f"widthwise: error: {message}", file=sys.stderr)

@@ -35,7 +35,17 @@ from ..atomic import atomic_savefig, atomic_write_text
 from ..data import BatchSampler, TokenData, validation_batches
 from ..recipes import PRESETS
 from ..train.config import Config, ConfigError, apply_overrides, load_config
-from ..train.setup import Built, apply_update, build, config_device, load_data, load_recipe, model_configs
+from ..train.setup import (
+    Built,
+    apply_update,
+    build,
+    config_device,
+    head_dim,
+    heads_at,
+    load_data,
+    load_recipe,
+    model_configs,
+)
 from .gains import gain_summary, sublayer_gains
 from .naming import block_index, pool_by_layer_type
 from .spectra import top_singular_values
@@ -88,18 +98,6 @@ def check_overrides(overrides: Sequence[str]) -> None:
         key = text.partition("=")[0].strip()
         if key in CONTROLLED_KEYS:
             raise ConfigError(f"--set {key}: the coordinate check sets it ({CONTROLLED_KEYS[key]})")
-
-
-def head_dim(config: Config) -> int:
-    """The head dimension of ``config``'s model, kept at every width of the check."""
-    return config.model.width // config.model.heads
-
-
-def heads_at(config: Config, width: int) -> tuple[int, int]:
-    """``(heads, kv_heads)`` at ``width``: the config's head dim and its query/key-value group ratio where possible."""
-    heads = width // head_dim(config)
-    group = config.model.heads // config.model.kv_heads
-    return heads, (heads // group if heads % group == 0 else heads)
 
 
 def width_config(config: Config, width: int, base_width: int, recipe: str, steps: int, lr: float | None = None,

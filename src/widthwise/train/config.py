@@ -199,6 +199,12 @@ def load_config(source: str | Path | None = None, overrides: list[str] | tuple[s
     return apply_overrides(config, overrides)
 
 
+def yaml_line(err: yaml.YAMLError, prefix: str = " at line") -> str:
+    """Where a YAML error is, for a one-line message: ``" at line 3"`` (``""`` when PyYAML does not say)."""
+    mark = getattr(err, "problem_mark", None)
+    return f"{prefix} {mark.line + 1}" if mark is not None else ""
+
+
 def _read_source(source: str) -> dict[str, Any]:
     path = Path(source)
     if path.suffix in (".yaml", ".yml") or path.exists():
@@ -212,9 +218,8 @@ def _read_source(source: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"config {source}{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
+        raise ConfigError(f"config {source}{yaml_line(err, ' line')}: not valid YAML "
+                          f"({getattr(err, 'problem', err)})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -26,7 +27,7 @@ from ..optimizers import build_optimizer
 from ..planning import Plan, plan
 from ..recipes import Recipe, get_recipe
 from ..schedules import lr_schedule
-from .config import Config, ConfigError
+from .config import Config, ConfigError, apply_overrides
 from .runtime import resolve_device
 
 
@@ -49,6 +50,28 @@ def config_device(config: Config) -> torch.device:
         return resolve_device(config.train.device)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+
+
+def head_dim(config: Config) -> int:
+    """The head dimension of ``config``'s model, kept when the width changes (:func:`at_width`)."""
+    return config.model.width // config.model.heads
+
+
+def heads_at(config: Config, width: int) -> tuple[int, int]:
+    """``(heads, kv_heads)`` at ``width``: the config's head dim and its query/key-value group ratio where possible."""
+    heads = width // head_dim(config)
+    group = config.model.heads // config.model.kv_heads
+    return heads, (heads // group if heads % group == 0 else heads)
+
+
+def at_width(config: Config, width: int, what: str = "model.width") -> Config:
+    """``config`` at ``width`` with its head dim and depth kept (heads scale with width); ``what`` names the source."""
+    dh = head_dim(config)
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1 or width % dh:
+        raise ConfigError(f"{what}: {width!r} is not a positive multiple of the head dim {dh} (model.width / "
+                          "model.heads)")
+    heads, kv_heads = heads_at(config, width)
+    return apply_overrides(config, {"model.width": width, "model.heads": heads, "model.kv_heads": kv_heads})
 
 
 def load_recipe(config: Config) -> Recipe:
@@ -164,8 +187,8 @@ def _add_multipliers(model: nn.Module, config: Config, init: Mapping[str, float]
         raise ConfigError(f"multipliers: {err}") from None
 
 
-def build(config: Config, vocab_size: int, device: torch.device) -> Built:
-    """Model (initialised by the plan, seeded by ``train.seed``), plan, optimizer and LR schedule."""
+def _planned_models(config: Config, vocab_size: int, meta: bool = False):
+    """The model, its base (meta), their configs, recipe, multiplier names and plan; ``meta``: the model too."""
     recipe = load_recipe(config)
     model_cfg, base_cfg = model_configs(config, vocab_size, recipe)
     declared_cfg = model_cfg
@@ -175,13 +198,29 @@ def build(config: Config, vocab_size: int, device: torch.device) -> Built:
             targets = _add_multipliers(Llama(model_cfg), config, 1.0)
     inits, model_cfg = absorbed_inits(config, model_cfg, targets)
     init: Mapping[str, float] | float = {**inits, ".": config.multipliers.init} if inits else config.multipliers.init
-    torch.manual_seed(config.train.seed)
-    model = Llama(model_cfg)
+    if not meta:
+        torch.manual_seed(config.train.seed)
+    with torch.device("meta") if meta else contextlib.nullcontext():
+        model = Llama(model_cfg)
     with torch.device("meta"):
         base = Llama(base_cfg)
     names = _add_multipliers(model, config, init)
     _add_multipliers(base, config, init)
-    the_plan = plan(model, base=base, recipe=recipe, forward_multipliers=False)
+    try:
+        the_plan = plan(model, base=base, recipe=recipe, forward_multipliers=False)
+    except ValueError as err:
+        raise ConfigError(f"scaling.base_width: {err}") from None
+    return model, model_cfg, declared_cfg, base_cfg, recipe, names, the_plan
+
+
+def plan_for(config: Config, vocab_size: int) -> Plan:
+    """The plan of ``config``'s model, built on the meta device (no memory, no init): checks and plan tables."""
+    return _planned_models(config, vocab_size, meta=True)[-1]
+
+
+def build(config: Config, vocab_size: int, device: torch.device) -> Built:
+    """Model (initialised by the plan, seeded by ``train.seed``), plan, optimizer and LR schedule."""
+    model, model_cfg, declared_cfg, base_cfg, recipe, names, the_plan = _planned_models(config, vocab_size)
     init_weights(model, the_plan, generator=torch.Generator().manual_seed(config.train.seed),
                  forward_multipliers=False)
     model.to(device)

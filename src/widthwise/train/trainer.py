@@ -38,7 +38,7 @@ from .checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from .config import Config, ConfigError, apply_overrides, from_dict
+from .config import Config, ConfigError, apply_overrides, from_dict, yaml_line
 from .metrics import MetricsLog, json_safe, read_metrics
 from .runtime import Runtime, resolve_runtime
 from .setup import Built, apply_update, build, config_device, load_data, resolved_config
@@ -99,9 +99,7 @@ def read_run_config(run_dir: Path, what: str = "RUN_DIR") -> Config:
     try:
         data = yaml.safe_load(config_file.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise RunError(f"{what} {run_dir}: config.yaml is corrupt (not valid YAML{where})") from None
+        raise RunError(f"{what} {run_dir}: config.yaml is corrupt (not valid YAML{yaml_line(err)})") from None
     if not isinstance(data, dict):
         raise RunError(f"{what} {run_dir}: config.yaml is corrupt (not a mapping of sections)")
     try:
