@@ -95,6 +95,7 @@ def test_rerun_repeats_nothing_and_a_grown_grid_runs_only_the_new_points(swept):
     assert {r["status"] for r in rows if r["lr"] == 0.003} == {"completed"}
 
 
+@pytest.mark.slow
 def test_kill_9_of_a_worker_and_of_the_driver_loses_and_repeats_nothing(tmp_path):
     sweep = write_sweep(tmp_path / "sweep.yaml", {"optim.lr": [0.01, 0.02]}, **{"train.steps": 80,
                         "train.checkpoint_every": 5, "train.eval_every": 40, "diagnostics.every": 40})
