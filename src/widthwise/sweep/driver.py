@@ -152,8 +152,8 @@ def run_sweep(spec: SweepSpec, out: Path, *, workers: int | None = None, threads
                         if again:  # a killed run resumes first; one held by another process waits its turn
                             queue.insert(len(queue) if code == EXIT_BUSY else 0, job.point)
                         else:
-                            bar.update(1)
                             _postfix(bar, db)
+                            bar.update(1)
         finally:
             for job in pool.shutdown():
                 db.mark_pending(job.point.run_id, "interrupted; resumes on the next run")
