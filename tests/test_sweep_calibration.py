@@ -167,3 +167,16 @@ def test_write_calibration_loads_as_a_recipe(tmp_path):
     assert (recipe.name, recipe.wd_exponent, recipe.lr_exponent) == ("calibrated-mup", 0.5, 1.0)
     assert json.loads(paths["json"].read_text())["derived_exponent"] == 0.5
     assert paths["plot"].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_relaxation_times_use_the_hidden_exponents_the_optimizer_resolves():
+    from widthwise.sweep.calibrate_runs import relaxation_times
+
+    config = load_config("tiny", ["model.kv_heads=2", "scaling.base_width=32", "optim.lr=0.01",
+                                  "optim.weight_decay=1.0", "train.steps=500", "schedule.warmup=50"])
+    # robust AdamW at 4x the base: lr 0.01/4, wd 1.0*2 over 500 - 50/2 steps
+    assert relaxation_times(config, 128) == pytest.approx(475 * 0.01 / 4 * 2.0)
+    assert relaxation_times(config, 32) == pytest.approx(475 * 0.01)
+    # Muon with match_rms_adamw: hidden lr ~ m^-0.5, wd ~ m^0.5 (recipes.muon_scaling), so lr*wd is width-free
+    muon = apply_overrides(config, {"optim.name": "muon"})
+    assert relaxation_times(muon, 128) == pytest.approx(475 * 0.01)

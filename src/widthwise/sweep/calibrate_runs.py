@@ -12,8 +12,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from ..diagnostics.equilibrium import relaxation_steps
 from ..train.config import Config, ConfigError, parse_override
 from ..train.setup import load_recipe
+from .calibration import calibrate_rows, recipe_exponents, write_calibration
 from .driver import run_sweep
 from .spec import SweepSpec, base_config
 from .store import read_results
@@ -51,20 +53,16 @@ def calibration_spec(config: str | None, widths: Sequence[int], steps: int | Non
 
 
 def relaxation_times(config: Config, width: int) -> float:
-    """How many AdamW relaxation times ``1/(lr*wd)`` of a hidden matrix a run at ``width`` covers."""
-    recipe = load_recipe(config)
+    """How many relaxation times ``1/(lr*wd)`` of a hidden matrix a run at ``width`` covers (warmup counts half),
+    with the hidden matrices' LR and WD exponents as the optimizer resolves them (Muon's for ``optim.name: muon``)."""
+    e_lr, e_wd = recipe_exponents(load_recipe(config), config.optim.name, config.optim.adjust_lr_fn)
     m = width / (config.scaling.base_width or width)
-    lr_exp, wd_exp = recipe.lr_exponent, recipe.wd_exponent
-    if config.optim.name == "muon":
-        lr_exp = recipe.muon_lr_exponent if recipe.muon_lr_exponent is not None else lr_exp
-        wd_exp = recipe.muon_wd_exponent if recipe.muon_wd_exponent is not None else wd_exp
     steps = config.train.steps - config.schedule.warmup / 2
-    return steps * config.optim.lr * config.optim.weight_decay * m ** (wd_exp - lr_exp)
+    return steps / relaxation_steps(config.optim.lr * m ** -e_lr, config.optim.weight_decay * m ** e_wd)
 
 
 def run_calibration(args: argparse.Namespace) -> int:
     """The ``widthwise calibrate`` command: run (or resume) the sweep, fit, write recipe.yaml and the plot."""
-    from .calibration import calibrate_rows, write_calibration
 
     widths = args.widths or list(DEFAULT_WIDTHS)
     spec = calibration_spec(args.config, widths, args.steps, args.overrides, args.seeds)

@@ -24,14 +24,14 @@ from tqdm.auto import tqdm
 
 from ..atomic import atomic_write_text
 from ..train.setup import load_data
+from ..train.trainer import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_OK
 from .executors import Job, check_executor, make_executor
 from .spec import Point, SweepError, SweepSpec, expand, parse_sweep
 from .store import FINAL, ResultsDB, db_path
 from .worker import EXIT_BUSY
 
 MAX_ATTEMPTS = 3
-EXIT_OK, EXIT_FAILED_RUNS, EXIT_INTERRUPTED = 0, 1, 130
-_DIVERGED, _BAD_INPUT = 3, 2
+EXIT_FAILED_RUNS = 1  # also what a worker's uncaught exception exits with
 
 
 @dataclass
@@ -168,10 +168,10 @@ def run_sweep(spec: SweepSpec, out: Path, *, workers: int | None = None, threads
 def _record(db: ResultsDB, job: Job, code: int, result: dict[str, Any] | None, log: Callable[[str], None]) -> bool:
     """Store the outcome of an attempt; whether the point must run again (killed, interrupted or busy)."""
     run_id = job.point.run_id
-    if code in (EXIT_OK, _DIVERGED) and result is not None:
+    if code in (EXIT_OK, EXIT_DIVERGED) and result is not None:
         db.record(run_id, result)
         return False
-    if code in (_BAD_INPUT, 1) or (code in (EXIT_OK, _DIVERGED) and result is None):
+    if code in (EXIT_BAD_INPUT, EXIT_FAILED_RUNS) or (code in (EXIT_OK, EXIT_DIVERGED) and result is None):
         error = _log_tail(job.log) or f"worker exited with code {code}"
         db.record(run_id, {"status": "failed", "error": error})
         log(f"widthwise: run {job.point.name} failed: {error} (log: {job.log})")

@@ -98,9 +98,6 @@ class LocalExecutor:
             out.append((job, code, collect_result(job.run_dir)))
         return out
 
-    def worker_pids(self) -> list[int]:
-        return [proc.pid for proc in self.running]
-
     def shutdown(self) -> list[Job]:
         """SIGTERM every worker (each checkpoints and leaves), wait for them; the jobs that were running."""
         for proc in self.running:
@@ -168,9 +165,6 @@ class RayExecutor:
                 code, result = -int(signal.SIGKILL), collect_result(job.run_dir)
             out.append((job, code, result))
         return out
-
-    def worker_pids(self) -> list[int]:
-        return []
 
     def shutdown(self) -> list[Job]:
         """Cancel the running tasks (their workers get SIGTERM and checkpoint); the jobs that were running."""
