@@ -2,7 +2,8 @@
 
 Same HF ``LlamaForCausalLM``, same batch, same AdamW plan, one process; the two variants alternate
 step by step (ABBA) and each figure is a median over many steps, with the median and quartiles of the
-ratios of adjacent steps. Prints JSON with the ratio and the load average.
+ratios of adjacent steps. Prints JSON with the ratio and the load average. (`widthwise bench` measures
+the same on widthwise's own reference model; this script shows it on a third-party HF model.)
 
     python benchmarks/multiplier_overhead.py --width 256 --depth 4 --batch 16 --seq 256
     python benchmarks/multiplier_overhead.py --compile            # add --bf16 where bf16 matmul is native
@@ -12,15 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import statistics
-import time
 from contextlib import nullcontext
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import widthwise as ww
+from widthwise.bench.timing import interleaved, load_average, median_s, ratio
 
 
 def build(width: int, depth: int, vocab: int, multipliers: bool, seed: int = 0, placement="all"):
@@ -58,6 +57,17 @@ def make_step(model, opt, use_compile: bool, bf16: bool):
     return step
 
 
+def cycling(step, batches):
+    """A no-argument call of ``step`` on the next of ``batches``, round and round."""
+    count = [0]
+
+    def call():
+        count[0] += 1
+        return step(batches[count[0] % len(batches)])
+
+    return call
+
+
 def measure(args) -> dict:
     variants = {}
     for name, mult in (("none", False), ("row_col", True)):
@@ -66,31 +76,21 @@ def measure(args) -> dict:
         variants[name] = make_step(model, opt, args.compile, args.bf16)
     g = torch.Generator().manual_seed(0)
     batches = [torch.randint(0, args.vocab, (args.batch, args.seq), generator=g) for _ in range(4)]
-    for step in variants.values():  # warm-up (and compile)
-        for x in batches[: args.warmup]:
-            step(x)
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    load_before = os.getloadavg()
-    order = list(variants)
-    for i in range(args.steps):  # one step of each variant in turn, ABBA, so load drifts hit both alike
-        for name in order if i % 2 == 0 else reversed(order):
-            t0 = time.perf_counter()
-            variants[name](batches[i % len(batches)])
-            times[name].append(time.perf_counter() - t0)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    pairs = sorted(b / a for a, b in zip(times["none"], times["row_col"], strict=True))
-    quartiles = statistics.quantiles(pairs, n=4) if len(pairs) > 1 else [pairs[0]] * 3
+    step = {name: cycling(fn, batches) for name, fn in variants.items()}
+    load_before = load_average()
+    times = interleaved(step, args.steps, warmup=args.warmup)  # ABBA turns: load drifts hit both alike
+    overhead = ratio(times["row_col"], times["none"])
     return {
         "width": args.width, "depth": args.depth, "batch": args.batch, "seq": args.seq,
         "compile": args.compile, "bf16": args.bf16, "threads": torch.get_num_threads(),
         "placement": "blocks only" if args.skip_embedding else "all",
-        "steps_per_variant": len(times["none"]),
-        "step_s_none": med["none"], "step_s_row_col": med["row_col"],
-        "multiplier_train_overhead": med["row_col"] / med["none"],
-        "pair_ratio_median": statistics.median(pairs),
-        "pair_ratio_p25": quartiles[0], "pair_ratio_p75": quartiles[2],
-        "tokens_per_s_none": args.batch * args.seq / med["none"],
-        "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+        "steps_per_variant": overhead["reps"],
+        "step_s_none": median_s(times["none"]), "step_s_row_col": median_s(times["row_col"]),
+        "multiplier_train_overhead": overhead["ratio"],
+        "pair_ratio_median": overhead["pair_median"],
+        "pair_ratio_p25": overhead["pair_p25"], "pair_ratio_p75": overhead["pair_p75"],
+        "tokens_per_s_none": args.batch * args.seq / median_s(times["none"]),
+        "loadavg_before": load_before, "loadavg_after": load_average(),
     }
 
 

@@ -10,8 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from widthwise.cli import main
+from widthwise.hardware import bf16_is_fast
 from widthwise.train.metrics import read_metrics
 
 FAST = ["train.threads=1", "train.progress=false"]
@@ -45,6 +47,7 @@ def test_tiny_run_directory_contract(tiny_run):
     config = __import__("yaml").safe_load((tiny_run / "config.yaml").read_text())
     assert config["model"]["vocab_size"] >= 257 and config["scaling"]["base_width"] == 16
     assert config["model"]["head_multiplier"] == 0.5  # robust recipe: head 1/m with m = 32/16
+    assert config["resolved"]["runtime"]["muon_ns_dtype"] is None  # AdamW only
     roles = {p["name"]: p["role"] for p in config["plan"]["params"]}
     assert roles["head.weight"] == "head" and roles["blocks.0.attn.q_proj.weight"] == "hidden"
     assert roles["blocks.0.attn.q_proj.weight.row"] == "multiplier"
@@ -157,6 +160,20 @@ def test_extending_steps(tmp_path, capsys):
     capsys.readouterr()
     assert main(["train", "--resume", str(wsd), "--set", "train.steps=30"]) == 2
     assert "wsd schedule was planned for 20 steps and has been decaying since step 17" in capsys.readouterr().err
+
+
+def test_muon_run_records_its_newton_schulz_dtype_and_resumes_exactly(tmp_path):
+    """The resolved Newton-Schulz dtype is in config.yaml, and the optimizer state brings it back on resume."""
+    muon = ("optim.name=muon", "schedule.kind=constant")
+    reference = tmp_path / "reference"
+    assert main(["train", "tiny", "--out", str(reference), *sets(*muon, "train.steps=12")]) == 0
+    run = tmp_path / "extended"
+    assert main(["train", "tiny", "--out", str(run), *sets(*muon, "train.steps=6")]) == 0
+    assert main(["train", "--resume", str(run), "--set", "train.steps=12"]) == 0
+    assert losses(run) == losses(reference)
+    config = __import__("yaml").safe_load((run / "config.yaml").read_text())
+    expected = "bfloat16" if bf16_is_fast(torch.device("cpu")) else "float32"
+    assert config["resolved"]["runtime"]["muon_ns_dtype"] == expected
 
 
 def test_tied_model_resumes_exactly(tmp_path):

@@ -7,6 +7,7 @@ import torch
 
 import widthwise as ww
 from widthwise import CombinedOptimizer
+from widthwise.optimizers import muon_ns_dtype
 
 from conftest import llama, tokens
 
@@ -46,18 +47,23 @@ def test_muon_on_hidden_adamw_elsewhere(setup):
     opt = ww.build_optimizer(model, plan, "muon", lr=3e-3, weight_decay=0.1)
     assert isinstance(opt, CombinedOptimizer) and isinstance(opt, torch.optim.Optimizer)
     muon, adamw = opt.optimizers["muon"], opt.optimizers["adamw"]
-    assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+    assert isinstance(muon, ww.BatchedMuon) and isinstance(muon, torch.optim.Muon)
+    assert isinstance(adamw, torch.optim.AdamW)
     hidden = {id(p) for g in muon.param_groups for p in g["params"]}
     assert hidden == {id(model.get_parameter(n.replace(".weight", ".parametrizations.weight.original")))
                       for n in plan.names("hidden")}
     g = muon.param_groups[0]
     # match_rms_adamw: lr x m^-1/2, wd x m^1/2 (spectral rule), not Adam's 1/m
     assert g["lr"] == pytest.approx(3e-3 / 2) and g["weight_decay"] == pytest.approx(0.2)
-    assert g["adjust_lr_fn"] == "match_rms_adamw"
+    assert g["adjust_lr_fn"] == "match_rms_adamw" and g["ns_dtype"] in ("bfloat16", "float32")  # "auto" resolved
     orig = ww.build_optimizer(model, plan, "muon", lr=3e-3, muon_lr=0.02, weight_decay=0.1, adjust_lr_fn="original")
     assert orig.optimizers["muon"].param_groups[0]["lr"] == pytest.approx(0.02)
     assert orig.optimizers["muon"].param_groups[0]["weight_decay"] == pytest.approx(0.1)
     assert _group(opt, "multiplier") in adamw.param_groups
+    fp32 = ww.build_optimizer(model, plan, "muon", ns_dtype="float32")
+    assert {g["ns_dtype"] for g in fp32.optimizers["muon"].param_groups} == {"float32"}
+    assert muon_ns_dtype(fp32) == "float32" and muon_ns_dtype(orig) == g["ns_dtype"]
+    assert muon_ns_dtype(ww.build_optimizer(model, plan, "adamw")) is None
 
 
 def test_combined_optimizer_trains_saves_and_resumes_exactly(setup):
@@ -109,6 +115,8 @@ def test_errors(setup):
         ww.build_optimizer(model, plan, lr=-1)
     with pytest.raises(ValueError, match="unknown Muon adjust_lr_fn 'spectral'"):
         ww.build_optimizer(model, plan, "muon", adjust_lr_fn="spectral")
+    with pytest.raises(ValueError, match="unknown ns_dtype 'half'"):
+        ww.build_optimizer(model, plan, "muon", ns_dtype="half")
     # a 1-D parameter sent to Muon (via a role override), named
     bad = ww.plan(model, base=llama(32, meta=True), roles={r"model\.norm\.weight": "hidden"})
     with pytest.raises(ValueError, match=r"Muon takes 2-D matrices; hidden parameter 'model.norm.weight'"):

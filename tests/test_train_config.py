@@ -55,6 +55,7 @@ def test_yaml_roundtrip(tmp_path):
         (["optim.lr=-1"], "optim.lr: must be positive"),
         (["optim.weight_decay=-0.1"], "optim.weight_decay: must be non-negative"),
         (["optim.betas=[0.9]"], "optim.betas"),
+        (["optim.ns_dtype=float16"], "optim.ns_dtype: unknown value 'float16'"),
         (["multipliers.kind=diag"], "multipliers.kind: unknown value 'diag'"),
         (["multipliers.placement=some"], "multipliers.placement: unknown value 'some'"),
         (["schedule.kind=linear"], "schedule.kind: unknown value 'linear'"),

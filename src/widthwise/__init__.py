@@ -26,6 +26,7 @@ from .diagnostics import (
 from .forward import apply_forward_multipliers
 from .initialization import init_weights
 from .multipliers import add_multipliers, fold_multipliers, multiplier_parameters
+from .muon import BatchedMuon
 from .optimizers import CombinedOptimizer, build_optimizer
 from .planning import ForwardMultiplier, ParamPlan, Plan, plan
 from .recipes import PRESETS, Recipe, get_recipe
@@ -36,6 +37,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "PRESETS",
+    "BatchedMuon",
     "CombinedOptimizer",
     "CoordCheck",
     "ForwardMultiplier",

@@ -53,7 +53,39 @@ def _parser() -> argparse.ArgumentParser:
                           help="validation sequences for the sublayer gains (default: 16)")
     diagnose.add_argument("--no-plots", action="store_true", help="write diagnostics.json only")
     _add_sweep_commands(sub)
+    _add_bench(sub)
     return parser
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    from .bench import FULL, QUICK
+
+    def plan(p) -> str:
+        return (f"widths {','.join(map(str, p.widths))}, modes {','.join(p.modes)}, batch {p.batch_size}x{p.seq_len}, "
+                f"{p.reps} reps")
+
+    bench = sub.add_parser(
+        "bench", help="measure what widthwise costs, side by side: multipliers, Muon, diagnostics, the trainer",
+        description="Time the reference model's training step with and without learnable multipliers, with Muon "
+                    "and AdamW, against a plain PyTorch loop; folded vs plain inference; power iteration vs SVD; "
+                    "the diagnostics' share; tokens/s, MFU and the data loader's share. Every figure is a ratio "
+                    "of interleaved repetitions in one process (medians, load average recorded).",
+        epilog=f"quick: {plan(QUICK)}; full: {plan(FULL)}",
+    )
+    bench.add_argument("config", nargs="?", default="demo", help="base config, YAML or built-in name (default: demo)")
+    bench.add_argument("--out", type=Path, required=True, help="JSON file to write (a plot goes beside it)")
+    bench.add_argument("--quick", action="store_true", help="eager fp32 at two small widths: under 2 min on 2 cores")
+    bench.add_argument("--widths", type=_int_list, help="comma-separated widths")
+    bench.add_argument("--modes", type=_name_list, help="comma-separated: eager_fp32, compile")
+    for name, what in (("batch-size", "sequences per step"), ("seq-len", "tokens per sequence"),
+                       ("reps", "interleaved steps per variant"), ("rounds", "power-iteration/diagnostics rounds")):
+        bench.add_argument(f"--{name}", type=_positive_int, help=what)
+    bench.add_argument("--threads", type=_positive_int, help="CPU threads (default: all)")
+    bench.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: auto (CUDA if any)")
+    bench.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
+                       help="override a field of the base config (repeatable)")
+    bench.add_argument("--no-plot", action="store_true", help="JSON only")
+    bench.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _add_execution(p: argparse.ArgumentParser) -> None:
@@ -288,7 +320,27 @@ def _calibrate(args: argparse.Namespace) -> int:
     return run_calibration(args)
 
 
-_SWEEP_COMMANDS = {"sweep": _sweep, "analyze": _analyze, "transfer": _transfer, "calibrate": _calibrate}
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import bench_plan, run_bench, table
+
+    plan = bench_plan(args.quick, widths=args.widths, modes=args.modes, batch_size=args.batch_size,
+                      seq_len=args.seq_len, reps=args.reps, rounds=args.rounds, config=args.config)
+    report = run_bench(plan, args.out, threads=args.threads, device=args.device, overrides=args.overrides,
+                       progress=not args.quiet)
+    print(f"bench ({'quick' if report['quick'] else plan.name}): {len(report['results'])} points in "
+          f"{report['wall_s']:.0f} s, load average {report['load_average']['before'][0]:.2f} -> "
+          f"{report['load_average']['after'][0]:.2f}")
+    print(table(report))
+    if not args.no_plot:
+        from .bench.plots import plot_bench
+
+        print(f"  plot: {plot_bench(report, args.out.with_suffix('.png'))}")
+    print(f"  results: {args.out}")
+    return 0
+
+
+_SWEEP_COMMANDS = {"sweep": _sweep, "analyze": _analyze, "transfer": _transfer, "calibrate": _calibrate,
+                   "bench": _bench}
 
 
 def _report(result) -> None:

@@ -7,9 +7,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.optim import AdamW, Muon, Optimizer
+from torch.optim import AdamW, Optimizer
 
 from .forward import missing_forward_multipliers
+from .muon import NS_DTYPES, BatchedMuon
 from .planning import Plan
 from .recipes import muon_scaling
 from .roles import Role, parameter_sites
@@ -108,6 +109,7 @@ def build_optimizer(
     nesterov: bool = True,
     ns_steps: int = 5,
     adjust_lr_fn: str | None = "match_rms_adamw",
+    ns_dtype: str = "auto",
     check_forward_multipliers: bool = True,
     **adamw_kwargs: Any,
 ) -> Optimizer:
@@ -118,16 +120,21 @@ def build_optimizer(
     Multipliers take AdamW with
     ``multiplier_lr`` (default: the vector-like LR, ``lr``) and the absolute ``multiplier_weight_decay``.
 
-    ``optimizer="muon"``: ``torch.optim.Muon`` on the ``hidden`` matrices, AdamW on everything else, as one
-    :class:`CombinedOptimizer`. Muon's width rule is the spectral one (:func:`widthwise.rules.muon_lr_factor`,
-    :func:`widthwise.rules.muon_wd_factor`), never muP's Adam ``1/m`` on top. ``muon_lr`` defaults to ``lr``:
+    ``optimizer="muon"``: Muon (:class:`widthwise.muon.BatchedMuon`, a batched ``torch.optim.Muon``) on the
+    ``hidden`` matrices, AdamW on everything else, as one :class:`CombinedOptimizer`. Muon's width rule is the
+    spectral one (:func:`widthwise.rules.muon_lr_factor`, :func:`widthwise.rules.muon_wd_factor`), never muP's
+    Adam ``1/m`` on top. ``muon_lr`` defaults to ``lr``:
     with the default ``adjust_lr_fn="match_rms_adamw"`` Muon's update RMS matches AdamW's, so one base LR
-    serves both; with ``"original"`` pass a Muon-sized ``muon_lr`` (e.g. 0.02).
+    serves both; with ``"original"`` pass a Muon-sized ``muon_lr`` (e.g. 0.02). ``ns_dtype``: the dtype of
+    Muon's Newton-Schulz iteration, ``"auto"`` (bf16 where bf16 matmuls are fast, else fp32), ``"bfloat16"``
+    (bitwise ``torch.optim.Muon`` on CPU) or ``"float32"``.
 
     Each group also records ``role``, ``lr_factor``, ``wd_factor`` and ``width_mult``.
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
+    if ns_dtype not in NS_DTYPES:
+        raise ValueError(f"unknown ns_dtype {ns_dtype!r}; expected one of {', '.join(NS_DTYPES)}")
     numbers = {"lr": lr, "weight_decay": weight_decay, "multiplier_weight_decay": multiplier_weight_decay}
     for label, value in numbers.items():
         if not (isinstance(value, (int, float)) and value >= 0):
@@ -184,7 +191,17 @@ def build_optimizer(
     adamw = AdamW(list(adamw_groups.values()), lr=lr, betas=betas, eps=eps, **adamw_kwargs) if adamw_groups else None
     if optimizer == "adamw":
         return adamw
-    muon = Muon(list(muon_groups.values()), lr=base_muon_lr, momentum=momentum, nesterov=nesterov,
-                ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn) if muon_groups else None
+    muon = BatchedMuon(list(muon_groups.values()), lr=base_muon_lr, momentum=momentum, nesterov=nesterov,
+                       ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn, ns_dtype=ns_dtype) if muon_groups else None
     children = {k: v for k, v in (("muon", muon), ("adamw", adamw)) if v is not None}
     return CombinedOptimizer(children)
+
+
+def muon_ns_dtype(optimizer: Optimizer) -> str | None:
+    """The Newton-Schulz dtype an optimizer from :func:`build_optimizer` resolved for Muon; ``None`` without Muon."""
+    children = optimizer.optimizers if isinstance(optimizer, CombinedOptimizer) else {"": optimizer}
+    for child in children.values():
+        if isinstance(child, BatchedMuon):
+            return child.param_groups[0]["ns_dtype"]
+    return None
+

@@ -1,6 +1,6 @@
 """Diagnostics during training: one call every N steps gives a ``diagnostics.jsonl`` record.
 
-Cheap enough to run inside a training loop (the cost is measured in ``benchmarks/diagnostics_overhead.py``
+Cheap enough to run inside a training loop (the cost is measured by ``widthwise bench``
 and stored in each run's ``summary.json``): power iteration warm-started from the previous call, one forward
 pass over a few fixed sequences for the sublayer gains, and reductions over the weights.
 """

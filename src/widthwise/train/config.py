@@ -82,7 +82,11 @@ class MultipliersConfig:
 
 @dataclass
 class OptimConfig:
-    """Optimizer and its base (base-width) values. ``name: muon`` puts the hidden matrices on Muon."""
+    """Optimizer and its base (base-width) values. ``name: muon`` puts the hidden matrices on Muon.
+
+    ``ns_dtype``: dtype of Muon's Newton-Schulz iteration, ``auto`` (bf16 where bf16 matmuls are fast, else fp32)
+    | ``bfloat16`` (bitwise ``torch.optim.Muon`` on CPU) | ``float32``; see :class:`widthwise.muon.BatchedMuon`.
+    """
 
     name: str = "adamw"
     lr: float = 3e-3
@@ -92,6 +96,7 @@ class OptimConfig:
     grad_clip: float | None = 1.0
     muon_lr: float | None = None
     adjust_lr_fn: str = "match_rms_adamw"
+    ns_dtype: str = "auto"
 
 
 @dataclass
@@ -366,6 +371,7 @@ def _choice(config: Config, dotted: str, choices: tuple[str, ...]) -> None:
 
 def validate(config: Config) -> None:
     """Reject impossible or unsupported settings with a :class:`ConfigError` naming the field."""
+    from ..muon import NS_DTYPES
     from ..optimizers import OPTIMIZERS
     from ..recipes import PRESETS
     from ..schedules import SCHEDULES
@@ -402,6 +408,7 @@ def validate(config: Config) -> None:
                           "of regexes")
     _choice(config, "optim.name", OPTIMIZERS)
     _choice(config, "optim.adjust_lr_fn", ("original", "match_rms_adamw"))
+    _choice(config, "optim.ns_dtype", NS_DTYPES)
     if len(config.optim.betas) != 2 or not all(0 <= b < 1 for b in config.optim.betas):
         raise ConfigError(f"optim.betas: expected two numbers in [0, 1), got {config.optim.betas!r}")
     _choice(config, "schedule.kind", SCHEDULES)

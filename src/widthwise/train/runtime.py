@@ -10,23 +10,18 @@ from __future__ import annotations
 
 import contextlib
 import os
-import statistics
-import time
 from dataclasses import dataclass
 
 import torch
 
-#: bf16 must beat fp32 by this factor on a CPU matmul probe to be chosen.
-BF16_MIN_SPEEDUP = 1.3
-#: Measured at the demo size on a 2-core AVX2 CPU (benchmarks/trainer_throughput.py): compile makes an fp32
+from ..hardware import BF16_MIN_SPEEDUP, BF16_PROBE_SIZE, matmul_seconds
+
+#: Measured at the demo size on a 2-core AVX2 CPU (the trainer's own step, README "Measured"): compile makes an fp32
 #: training step ~1.4x faster (saves ~30% of it) and costs ~30-50 s of cold compilation.
 COMPILE_SAVING = 0.3
 COMPILE_COST_S = 45.0
 #: A training step runs its matmuls at about this fraction of the probe's dense-matmul speed.
 MATMUL_EFFICIENCY = 0.5
-#: bf16 is compared with fp32 at this fixed size: big enough to use the vector/matrix units, small enough
-#: that a CPU without bf16 units (50-100x slower there) answers in well under a second.
-BF16_PROBE_SIZE = 256
 
 
 @dataclass(frozen=True)
@@ -64,19 +59,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("train.device: cuda requested but no CUDA device is available")
     return device
-
-
-def matmul_seconds(size: int, dtype: torch.dtype, repeats: int = 5) -> float:
-    """Median seconds of one ``size``-square matmul in ``dtype`` on the CPU."""
-    a = torch.randn(size, size).to(dtype)
-    b = torch.randn(size, size).to(dtype)
-    a @ b  # warm up
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
 
 
 def compile_pays(steps: int, step_s: float) -> bool:

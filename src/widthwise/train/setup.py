@@ -229,7 +229,7 @@ def build(config: Config, vocab_size: int, device: torch.device) -> Built:
         optimizer = build_optimizer(
             model, the_plan, o.name, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas), eps=o.eps,
             multiplier_lr=config.multipliers.lr, multiplier_weight_decay=config.multipliers.weight_decay,
-            muon_lr=o.muon_lr, adjust_lr_fn=o.adjust_lr_fn, check_forward_multipliers=False,
+            muon_lr=o.muon_lr, adjust_lr_fn=o.adjust_lr_fn, ns_dtype=o.ns_dtype, check_forward_multipliers=False,
         )
     except ValueError as err:
         raise ConfigError(f"optim: {err}") from None

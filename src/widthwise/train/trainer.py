@@ -30,6 +30,7 @@ from ..atomic import atomic_write_text
 from ..data import BatchSampler, DataError, TokenData, validation_batches
 from ..diagnostics.monitor import TrainingDiagnostics
 from ..diagnostics.multiplier_stats import multiplier_stats
+from ..optimizers import muon_ns_dtype
 from ..schedules import ScheduleRatio
 from .checkpoint import (
     Checkpoint,
@@ -329,7 +330,8 @@ def _run(config: Config, run_dir: Path, resume: Config | None, log: Callable[[st
         session.restore(ckpt)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "checkpoints").mkdir(exist_ok=True)
-    extra = {"runtime": session.runtime.to_dict(), "data_fingerprint": session.data.fingerprint,
+    extra = {"runtime": {**session.runtime.to_dict(), "muon_ns_dtype": muon_ns_dtype(session.built.optimizer)},
+             "data_fingerprint": session.data.fingerprint,
              "train_tokens": len(session.data.train), "val_tokens": len(session.data.val),
              "train_documents": session.data.train_documents, "val_documents": session.data.val_documents}
     atomic_write_text(run_dir / "config.yaml",
