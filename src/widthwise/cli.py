@@ -74,7 +74,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     )
     bench.add_argument("config", nargs="?", default="demo", help="base config, YAML or built-in name (default: demo)")
     bench.add_argument("--out", type=Path, required=True, help="JSON file to write (a plot goes beside it)")
-    bench.add_argument("--quick", action="store_true", help="eager fp32 at two small widths: under 2 min on 2 cores")
+    bench.add_argument("--quick", action="store_true", help="eager fp32 at two small widths: about 30 s on 2 cores")
     bench.add_argument("--widths", type=_int_list, help="comma-separated widths")
     bench.add_argument("--modes", type=_name_list, help="comma-separated: eager_fp32, compile")
     for name, what in (("batch-size", "sequences per step"), ("seq-len", "tokens per sequence"),

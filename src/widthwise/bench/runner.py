@@ -1,6 +1,6 @@
 """``widthwise bench``: every performance figure of widthwise, measured side by side, written to one JSON file.
 
-``--quick`` (eager fp32, two small widths, few repetitions) finishes in under two minutes on 2 CPU cores;
+``--quick`` (eager fp32, two small widths, few repetitions) takes about 30 s on 2 quiet CPU cores;
 the full run (widths 256/512/1024, eager fp32 and compiled) is what BENCHMARKS.md reports.
 """
 
@@ -50,7 +50,7 @@ class Plan:
     name: str = "full"
 
 
-QUICK = Plan(name="quick", widths=(128, 256), modes=("eager_fp32",), batch_size=8, seq_len=256, reps=8, rounds=2,
+QUICK = Plan(name="quick", widths=(128, 256), modes=("eager_fp32",), batch_size=8, seq_len=128, reps=6, rounds=2,
              steps_between=1)
 FULL = Plan(widths=(256, 512, 1024), modes=MODES, batch_size=8, seq_len=256, reps=12, rounds=3, steps_between=4)
 
