@@ -12,7 +12,7 @@ from widthwise.bench.sessions import PlainLoop, Setting, bench_config, session
 from widthwise.cli import main
 from widthwise.train.config import ConfigError
 
-TINY = ["tiny", "--widths", "32,64", "--batch-size", "2", "--seq-len", "16", "--reps", "2", "--rounds", "1",
+TINY = ["tiny", "--widths", "64,32", "--batch-size", "2", "--seq-len", "16", "--reps", "2", "--rounds", "1",
         "--threads", "1", "--quiet", "--set", "model.kv_heads=2", "--set", "scaling.base_width=32"]
 PER_POINT = ("multiplier_train_overhead", "folded_inference_ratio", "unfolded_inference_ratio", "muon_vs_adamw",
              "trainer_vs_plain_loop")
@@ -28,9 +28,9 @@ def report(data_cache, tmp_path_factory):
 
 def test_bench_quick_writes_every_figure_per_width(report, capsys):
     out, r = report
-    assert r["quick"] is True and r["plan"]["widths"] == [32, 64] and r["plan"]["modes"] == ["eager_fp32"]
+    assert r["quick"] is True and r["plan"]["widths"] == [64, 32] and r["plan"]["modes"] == ["eager_fp32"]
     assert len(r["load_average"]["before"]) == 3 and r["machine"]["torch"] == torch.__version__
-    assert [p["width"] for p in r["results"]] == [32, 64]
+    assert [p["width"] for p in r["results"]] == [64, 32]
     for p in r["results"]:
         assert p["mode"] == "eager_fp32" and p["tokens_per_step"] == 32
         for key in PER_POINT:
@@ -48,7 +48,8 @@ def test_bench_quick_writes_every_figure_per_width(report, capsys):
             assert set(p["multiplier_paths"][shape]) == {"shape", "weight_vs_plain", "activations_vs_plain",
                                                          "activations_vs_weight"}
     m = r["muon_optimizer"]
-    assert m["width"] == 32 and m["bf16_bit_identical_to_torch"] is True and len(m["matrices"]) == 7
+    assert m["width"] == 32  # the smallest width, wherever it is listed
+    assert m["bf16_bit_identical_to_torch"] is True and len(m["matrices"]) == 7
     assert set(r["summary"]) >= set(TARGETS) | {"muon_vs_adamw", "power_iteration_rel_error", "data_loader_share"}
     for key, target in TARGETS.items():
         s = r["summary"][key]

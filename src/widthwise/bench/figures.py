@@ -123,7 +123,6 @@ def spectra_and_diagnostics(run: _Run, rounds: int, steps_between: int) -> dict[
         "power_iteration_s": {"warm": median_s(warm), "cold": median_s(cold), "svd": median_s(svd)},
         "matrices": len(exact),
         "diagnostics_measure_s": median_s(measure),
-        "diagnostics_every": DiagnosticsConfig().every,
     }
 
 
@@ -186,7 +185,7 @@ def measure_point(setting: Setting, reps: int, warmup: int = 1, rounds: int = 3,
     infer = inference(row_col, runs["none"], reps)
     say("spectra and diagnostics")
     spectral = spectra_and_diagnostics(row_col, rounds, steps_between)
-    every = spectral.pop("diagnostics_every")
+    every = DiagnosticsConfig().every  # the trainer's default cadence
     say("multiplier paths")
     paths = multiplier_paths(setting, row_col.built.model_config.ffn_hidden, reps, runtime.device, runtime.dtype,
                              runtime.compile)
@@ -204,7 +203,7 @@ def measure_point(setting: Setting, reps: int, warmup: int = 1, rounds: int = 3,
         "trainer_vs_plain_loop": ratio(steps["row_col"], steps["plain_loop"]),
         "diagnostics_overhead": round(1 + spectral["diagnostics_measure_s"] / (every * step_s["row_col"]), 5),
         "diagnostics_every": every,
-        **{k: v for k, v in spectral.items()},
+        **spectral,
         "step_s": step_s,
         "forward_s": infer["forward_s"],
         "tokens_per_s": {name: round(tokens / s, 1) for name, s in step_s.items()},

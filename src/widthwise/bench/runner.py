@@ -96,8 +96,8 @@ def run_bench(plan: Plan, out: Path, *, threads: int | None = None, device: str 
             results.append(measure_point(s, plan.reps, rounds=plan.rounds, steps_between=plan.steps_between,
                                          overrides=overrides,
                                          progress=lambda stage, p=point: bar.set_postfix_str(f"{p}: {stage}")))
-    smallest = settings[0]
-    muon = muon_optimizer(session(replace(smallest, mode="eager_fp32"), [*overrides, "optim.name=muon"]),
+    smallest = replace(settings[0], width=min(plan.widths), mode="eager_fp32")  # torch's bf16 Muon is slow
+    muon = muon_optimizer(session(smallest, [*overrides, "optim.name=muon"]),
                           max(3, plan.reps // 2))
     report = {
         "widthwise": __version__, "quick": plan.name == "quick", "started": datetime.now(timezone.utc).isoformat(),
