@@ -19,7 +19,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import widthwise as ww
-from widthwise.bench.timing import interleaved, load_average, median_s, ratio
+from widthwise.app.bench.timing import interleaved, load_average, median_s, ratio
 
 
 def build(width: int, depth: int, vocab: int, multipliers: bool, seed: int = 0, placement="all"):

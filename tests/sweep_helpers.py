@@ -18,7 +18,7 @@ def worker_pids(run_dir: Path) -> list[int]:
                 cmd = (entry / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if b"widthwise.sweep.worker" in cmd and str(run_dir).encode() in cmd:
+            if b"widthwise.app.sweep.worker" in cmd and str(run_dir).encode() in cmd:
                 pids.append(int(entry.name))
     return pids
 

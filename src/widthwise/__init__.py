@@ -6,10 +6,8 @@ AdamW and Muon, for any ``nn.Module``.
 
 from .clipping import clip_grad_norm_
 from .diagnostics import (
-    CoordCheck,
     TrainingDiagnostics,
     abm_trajectory,
-    coord_check,
     drift_warnings,
     equilibrium_report,
     equilibrium_rms,
@@ -26,8 +24,8 @@ from .diagnostics import (
 from .forward import apply_forward_multipliers
 from .initialization import init_weights
 from .multipliers import add_multipliers, fold_multipliers, multiplier_parameters
-from .muon import BatchedMuon
-from .optimizers import CombinedOptimizer, build_optimizer
+from .optim.build import CombinedOptimizer, build_optimizer
+from .optim.muon import BatchedMuon
 from .planning import ForwardMultiplier, ParamPlan, Plan, plan
 from .recipes import PRESETS, Recipe, get_recipe
 from .roles import Role, classify
@@ -39,7 +37,6 @@ __all__ = [
     "PRESETS",
     "BatchedMuon",
     "CombinedOptimizer",
-    "CoordCheck",
     "ForwardMultiplier",
     "ParamPlan",
     "Plan",
@@ -52,7 +49,6 @@ __all__ = [
     "build_optimizer",
     "classify",
     "clip_grad_norm_",
-    "coord_check",
     "drift_warnings",
     "equilibrium_report",
     "equilibrium_rms",

@@ -1,11 +1,10 @@
-"""Diagnostics: spectra, sublayer gains, the noise equilibrium, multipliers, coordinate checks.
+"""Diagnostics: spectra, sublayer gains, the noise equilibrium, multipliers.
 
 The measurements the two papers' arguments rest on (BRIEF sections 1-3): top singular values that scale as
 ``sqrt(eta/lam) d^0.75`` and sublayer gains that must match across widths (arXiv 2510.15262), weight norms
 pinned at the AdamW weight-decay/noise equilibrium and multipliers that escape it (arXiv 2601.04890).
 """
 
-from .coord_check import CoordCheck, coord_check
 from .equilibrium import abm_trajectory, equilibrium_report, equilibrium_rms, relaxation_steps
 from .gains import gain_summary, sublayer_gains
 from .monitor import TrainingDiagnostics
@@ -13,10 +12,8 @@ from .multiplier_stats import drift_warnings, multiplier_stats, multiplier_value
 from .spectra import rms, singular_values, spectral_summary, stable_rank, stable_ranks, top_singular_values
 
 __all__ = [
-    "CoordCheck",
     "TrainingDiagnostics",
     "abm_trajectory",
-    "coord_check",
     "drift_warnings",
     "equilibrium_report",
     "equilibrium_rms",

@@ -1,0 +1,155 @@
+"""``widthwise bench``: every performance figure of widthwise, measured side by side, written to one JSON file.
+
+``--quick`` (eager fp32, two small widths, few repetitions) takes about 30 s on 2 quiet CPU cores;
+the full run (widths 256/512/1024, eager fp32 and compiled) is what BENCHMARKS.md reports.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch._dynamo
+from tqdm.auto import tqdm
+
+from ... import __version__
+from ..atomic import atomic_write_text
+from ..config import ConfigError
+from .figures import measure_point, muon_optimizer
+from .sessions import MODES, Setting, bench_config, session
+from .timing import load_average, machine
+
+#: Ratios with a target, and the target (the ratio must not exceed it).
+TARGETS = {"multiplier_train_overhead": 1.01, "folded_inference_ratio": 1.02, "diagnostics_overhead": 1.02,
+           "trainer_vs_plain_loop": 1.02}
+#: Ratios reported without a target.
+REPORTED = ("muon_vs_adamw", "unfolded_inference_ratio")
+#: Graphs dynamo may keep per code object while one point is measured (its models, with room to spare).
+COMPILED_PER_POINT = 64
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much a bench run measures."""
+
+    widths: tuple[int, ...]
+    modes: tuple[str, ...]
+    batch_size: int
+    seq_len: int
+    reps: int  # interleaved training steps per variant (and forwards, layer passes)
+    rounds: int  # rounds of power iteration vs SVD, and of diagnostics measurements
+    steps_between: int  # training steps before each of those rounds
+    config: str = "demo"
+    name: str = "full"
+
+
+QUICK = Plan(name="quick", widths=(128, 256), modes=("eager_fp32",), batch_size=8, seq_len=128, reps=6, rounds=2,
+             steps_between=1)
+FULL = Plan(widths=(256, 512, 1024), modes=MODES, batch_size=8, seq_len=256, reps=12, rounds=3, steps_between=4)
+
+
+def bench_plan(quick: bool, **changes: Any) -> Plan:
+    """The quick or full plan with ``changes`` (``None`` values ignored), checked: a ConfigError names the option."""
+    plan = replace(QUICK if quick else FULL, **{k: (tuple(v) if isinstance(v, list) else v)
+                                                 for k, v in changes.items() if v is not None})
+    for mode in plan.modes:
+        if mode not in MODES:
+            raise ConfigError(f"--modes: unknown mode {mode!r}; expected some of {', '.join(MODES)}")
+    if not plan.widths or not plan.modes:
+        raise ConfigError("--widths and --modes need at least one value each")
+    for name in ("batch_size", "seq_len", "reps", "rounds"):
+        if getattr(plan, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')}: must be a positive integer")
+    return plan
+
+
+def run_bench(plan: Plan, out: Path, *, threads: int | None = None, device: str = "auto",
+              overrides: Sequence[str] = (), progress: bool = True) -> dict[str, Any]:
+    """Measure every figure of ``plan``, write ``out`` (JSON, atomically) and return what was written."""
+    out = Path(out)
+    if out.is_dir():
+        raise ConfigError(f"--out {out}: is a directory; give a file name such as BENCH.json")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"--out {out}: cannot create its directory ({err.strerror or err})") from None
+    settings = [Setting(plan.config, w, m, plan.batch_size, plan.seq_len, threads, device)
+                for m in plan.modes for w in plan.widths]
+    for s in settings:  # every point's config is valid before anything is timed
+        bench_config(s, overrides)
+    started, load_before = time.perf_counter(), load_average()
+    results: list[dict[str, Any]] = []
+    bar = tqdm(settings, desc="bench", unit="point", disable=not progress or None, dynamic_ncols=True)
+    # Each point compiles up to 7 model instances of one class; dynamo's default limit of 8 graphs per code
+    # object would silently send the later ones to eager. A fresh cache per point, and room within it.
+    with torch._dynamo.config.patch(recompile_limit=COMPILED_PER_POINT):
+        for s in bar:
+            torch._dynamo.reset()
+            point = f"width {s.width} {s.label()}"
+            results.append(measure_point(s, plan.reps, rounds=plan.rounds, steps_between=plan.steps_between,
+                                         overrides=overrides,
+                                         progress=lambda stage, p=point: bar.set_postfix_str(f"{p}: {stage}")))
+    smallest = replace(settings[0], width=min(plan.widths), mode="eager_fp32")  # torch's bf16 Muon is slow
+    muon = muon_optimizer(session(smallest, [*overrides, "optim.name=muon"]),
+                          max(3, plan.reps // 2))
+    report = {
+        "widthwise": __version__, "quick": plan.name == "quick", "started": datetime.now(timezone.utc).isoformat(),
+        "wall_s": round(time.perf_counter() - started, 1), "machine": machine(),
+        "load_average": {"before": load_before, "after": load_average()},
+        "plan": {**plan.__dict__, "widths": list(plan.widths), "modes": list(plan.modes)},
+        "targets": TARGETS, "results": results, "muon_optimizer": {"width": smallest.width, **muon},
+    }
+    report["summary"] = summarize(results)
+    atomic_write_text(out, json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def _value(entry: Any) -> float:
+    return entry["ratio"] if isinstance(entry, dict) else entry
+
+
+def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per ratio: the worst (largest) and median over points, and whether the target holds everywhere."""
+    summary: dict[str, Any] = {}
+    for key in (*TARGETS, *REPORTED):
+        values = [_value(r[key]) for r in results]
+        summary[key] = {"max": max(values), "median": round(statistics.median(values), 4)}
+        if key in TARGETS:
+            summary[key]["target"] = TARGETS[key]
+            summary[key]["met"] = max(values) <= TARGETS[key]
+    errors = [r["power_iteration_rel_error"] for r in results]
+    speedups = [r["power_iteration_speedup"] for r in results]
+    summary["power_iteration_rel_error"] = {"max": max(errors)}
+    summary["power_iteration_speedup"] = {"min": min(speedups), "median": statistics.median(speedups)}
+    summary["data_loader_share"] = {"max": max(r["data_loader_share"] for r in results)}
+    return summary
+
+
+def table(report: dict[str, Any]) -> str:
+    """The figures as a plain-text table, one row per (width, mode)."""
+    header = ("width", "mode", "tok/s", "mult", "folded", "muon/adamw", "trainer/plain", "diag", "PI speedup",
+              "PI err", "loader", "MFU")
+    rows = [header]
+    for r in report["results"]:
+        rows.append((str(r["width"]), r["mode"], f"{r['tokens_per_s']['row_col']:,.0f}",
+                     f"{r['multiplier_train_overhead']['ratio']:.3f}", f"{r['folded_inference_ratio']['ratio']:.3f}",
+                     f"{r['muon_vs_adamw']['ratio']:.3f}", f"{r['trainer_vs_plain_loop']['ratio']:.3f}",
+                     f"{r['diagnostics_overhead']:.4f}", f"{r['power_iteration_speedup']:.1f}x",
+                     f"{r['power_iteration_rel_error']:.1e}", f"{100 * r['data_loader_share']:.2f}%",
+                     "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  " + "  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    targets = ", ".join(f"{k} <= {v}: {'met' if report['summary'][k]['met'] else 'MISSED'} "
+                        f"(worst {report['summary'][k]['max']:.4g})" for k, v in TARGETS.items())
+    m = report["muon_optimizer"]
+    muon = (f"Muon step alone (width {m['width']}, first block): batched bf16 x{m['batched_bf16_speedup']:.2f} vs "
+            f"torch (bit-identical: {m['bf16_bit_identical_to_torch']}), batched {m['auto_ns_dtype']} "
+            f"x{m['batched_auto_speedup']:.2f}")
+    return "\n".join([*lines, f"  targets: {targets}", f"  {muon}"])

@@ -1,0 +1,126 @@
+"""Atomic, resumable checkpoints: safetensors weights plus optimizer, scheduler, sampler and RNG state.
+
+Layout: ``RUN_DIR/checkpoints/step_000100/{model.safetensors, optimizer.pt, state.json}`` and a ``latest``
+file naming the newest complete one. A checkpoint is written into a hidden temporary folder, fsynced and
+renamed into place; ``latest`` is replaced atomically after that. A kill at any moment leaves the previous
+checkpoint intact and ``latest`` pointing at a complete folder. Everything loads with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .atomic import atomic_write_text, fsync_dir
+
+CHECKPOINT_VERSION = 1
+LATEST = "latest"
+
+
+class CheckpointError(ValueError):
+    """A missing, incomplete or incompatible checkpoint; one line naming the file."""
+
+
+@dataclass
+class Checkpoint:
+    """What a run needs to continue exactly."""
+
+    step: int
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    rng: dict[str, Any]
+    state: dict[str, Any]  # JSON: sampler state, tokens, world size, data fingerprint, ...
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def save_checkpoint(directory: Path, ckpt: Checkpoint, keep: int = 2) -> Path:
+    """Write ``ckpt`` under ``directory`` atomically, point ``latest`` at it, keep the newest ``keep``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    name = f"step_{ckpt.step:08d}"
+    final = directory / name
+    tmp = Path(tempfile.mkdtemp(dir=directory, prefix=f".{name}."))
+    try:
+        weights = {k: v.detach().contiguous().cpu() for k, v in ckpt.model.items()}
+        save_file(weights, str(tmp / "model.safetensors"))
+        torch.save({"optimizer": ckpt.optimizer, "scheduler": ckpt.scheduler, "rng": ckpt.rng},
+                   tmp / "optimizer.pt")
+        state = {"version": CHECKPOINT_VERSION, "step": ckpt.step, **ckpt.state}
+        (tmp / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
+        for f in tmp.iterdir():
+            _fsync_file(f)
+        fsync_dir(tmp)
+        if final.exists():  # a stale folder from an earlier attempt at this step (never the one `latest` names)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        fsync_dir(directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    atomic_write_text(directory / LATEST, name + "\n")
+    _prune(directory, keep, protect=name)
+    return final
+
+
+def _prune(directory: Path, keep: int, protect: str) -> None:
+    done = sorted(p for p in directory.glob("step_*") if p.is_dir())
+    for old in done[:-keep] if keep > 0 else []:
+        if old.name != protect:
+            shutil.rmtree(old, ignore_errors=True)
+    for stale in directory.glob(".step_*"):  # temp folders of writes that were killed
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    """The folder ``latest`` names, or ``None`` when the run never finished writing a checkpoint."""
+    pointer = Path(directory) / LATEST
+    if not pointer.is_file():
+        return None
+    name = pointer.read_text(encoding="utf-8").strip()
+    path = Path(directory) / name
+    if not name.startswith("step_") or not path.is_dir():
+        raise CheckpointError(f"{pointer}: names {name!r}, which is not a checkpoint folder")
+    return path
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    """Load a checkpoint folder; any missing or corrupt part is a :class:`CheckpointError` naming the file."""
+    path = Path(path)
+    state_file = path / "state.json"
+    try:
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{state_file}: unreadable checkpoint state ({err.__class__.__name__})") from None
+    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{state_file}: not a widthwise checkpoint of version {CHECKPOINT_VERSION}")
+    try:
+        model = load_file(str(path / "model.safetensors"))
+    except (OSError, SafetensorError, ValueError) as err:
+        raise CheckpointError(f"{path / 'model.safetensors'}: unreadable weights ({err})") from None
+    try:
+        with warnings.catch_warnings():  # a corrupt file can trip torch's pickle-protocol warning first
+            warnings.simplefilter("ignore")
+            rest = torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu")
+    except Exception as err:  # torch raises many types for corrupt pickles
+        name = err.__class__.__name__
+        raise CheckpointError(f"{path / 'optimizer.pt'}: unreadable optimizer state ({name})") from None
+    if not isinstance(rest, dict) or not {"optimizer", "scheduler", "rng"} <= set(rest):
+        raise CheckpointError(f"{path / 'optimizer.pt'}: missing optimizer, scheduler or RNG state")
+    step = state.pop("step")
+    state.pop("version")
+    return Checkpoint(step, model, rest["optimizer"], rest["scheduler"], rest["rng"], state)

@@ -1,0 +1,88 @@
+"""The run's live logs: ``metrics.jsonl``, ``diagnostics.jsonl`` (appended, flushed per record), TensorBoard."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from .atomic import atomic_write_text
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with non-finite floats as strings (JSON has no NaN/inf; keep them visible as "nan"/"inf")."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl``; a torn last line (a kill mid-write) is ignored."""
+    records = []
+    if not Path(path).exists():
+        return records
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
+class MetricsLog:
+    """Appends one JSON object per record to ``<stream>.jsonl`` and mirrors scalars to TensorBoard.
+
+    ``streams`` name the files (``metrics`` -> ``metrics.jsonl``); TensorBoard tags of a stream other than
+    ``metrics`` carry its name as a prefix. ``resume_step`` drops records after the checkpoint a run resumes
+    from (they will be produced again), rewriting each file atomically, and tells TensorBoard to purge those
+    steps.
+    """
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True, resume_step: int | None = None,
+                 streams: tuple[str, ...] = ("metrics",)) -> None:
+        self._files = {}
+        for stream in streams:
+            path = Path(run_dir) / f"{stream}.jsonl"
+            if resume_step is not None and path.exists():
+                kept = [r for r in read_metrics(path) if r.get("step", 0) <= resume_step]
+                atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+            self._files[stream] = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+        self._tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=resume_step)
+
+    def write(self, record: dict[str, Any], stream: str = "metrics",
+              scalars: dict[str, Any] | None = None) -> None:
+        """Append ``record``; TensorBoard gets its numbers, or those of ``scalars`` (nested dicts: ``a/b`` tags)."""
+        file = self._files[stream]
+        file.write(json.dumps(json_safe(record)) + "\n")
+        file.flush()
+        if self._tb is not None:
+            step = record["step"]
+            prefix = "" if stream == "metrics" else f"{stream}/"
+            for key, value in _scalars(record if scalars is None else scalars, prefix):
+                self._tb.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        for file in self._files.values():
+            file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _scalars(record: dict[str, Any], prefix: str = ""):
+    for key, value in record.items():
+        if key == "step":
+            continue
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            yield from _scalars(value, f"{name}/")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            yield name, value

@@ -1,0 +1,260 @@
+"""Build a run's pieces from a :class:`Config`: recipe, model and its base, multipliers, plan, optimizer."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import re
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from ..clipping import clip_grad_norm_
+from ..initialization import init_weights
+from ..models.llama import Llama, LlamaConfig, forward_multipliers
+from ..multipliers import add_multipliers
+from ..optim.build import build_optimizer
+from ..planning import Plan, plan
+from ..recipes import Recipe, get_recipe
+from ..schedules import lr_schedule
+from .config import Config, ConfigError, apply_overrides
+from .data import TokenData, prepare_data
+from .runtime import resolve_device
+
+
+def default_cache_dir() -> Path:
+    """``$WIDTHWISE_CACHE`` or ``~/.cache/widthwise``: tokenizers and token memmaps, keyed by corpus hash."""
+    env = os.environ.get("WIDTHWISE_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "widthwise"
+
+
+def load_data(config: Config) -> TokenData:
+    """The config's tokenized train/validation data (``data.cache_dir``, else :func:`default_cache_dir`)."""
+    d, t = config.data, config.train
+    cache = Path(d.cache_dir) if d.cache_dir else default_cache_dir()
+    return prepare_data(d.path, d.vocab_size, t.seq_len, cache, d.val_fraction, d.split_seed)
+
+
+def config_device(config: Config) -> torch.device:
+    """``train.device`` resolved (``auto``: CUDA when present); a device that is not there is a ConfigError."""
+    try:
+        return resolve_device(config.train.device)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def head_dim(config: Config) -> int:
+    """The head dimension of ``config``'s model, kept when the width changes (:func:`at_width`)."""
+    return config.model.width // config.model.heads
+
+
+def heads_at(config: Config, width: int) -> tuple[int, int]:
+    """``(heads, kv_heads)`` at ``width``: the config's head dim and its query/key-value group ratio where possible."""
+    heads = width // head_dim(config)
+    group = config.model.heads // config.model.kv_heads
+    return heads, (heads // group if heads % group == 0 else heads)
+
+
+def at_width(config: Config, width: int, what: str = "model.width") -> Config:
+    """``config`` at ``width`` with its head dim and depth kept (heads scale with width); ``what`` names the source."""
+    dh = head_dim(config)
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1 or width % dh:
+        raise ConfigError(f"{what}: {width!r} is not a positive multiple of the head dim {dh} (model.width / "
+                          "model.heads)")
+    heads, kv_heads = heads_at(config, width)
+    return apply_overrides(config, {"model.width": width, "model.heads": heads, "model.kv_heads": kv_heads})
+
+
+def load_recipe(config: Config) -> Recipe:
+    """The recipe ``scaling.recipe`` names (a preset or a YAML/JSON file) with ``scaling.overrides``."""
+    name = config.scaling.recipe
+    source: str | Mapping[str, Any] = name
+    if name.endswith((".yaml", ".yml", ".json")):
+        path = Path(name)
+        if not path.is_file():
+            raise ConfigError(f"scaling.recipe: recipe file {name} does not exist")
+        try:
+            source = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError:
+            raise ConfigError(f"scaling.recipe: {name} is not valid YAML/JSON") from None
+        if isinstance(source, Mapping) and "recipe" in source:  # a file `widthwise calibrate` wrote
+            source = source["recipe"]
+    try:
+        return get_recipe(source, **config.scaling.overrides)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"scaling.recipe: {err}") from None
+
+
+def _base_heads(heads: int, kv_heads: int, width: int, base_width: int) -> tuple[int, int]:
+    """Heads of the base model: keep the head dimension when the base width allows it, else keep the heads."""
+    head_dim = width // heads
+    if base_width % head_dim == 0:
+        base_heads = base_width // head_dim
+        group = heads // kv_heads
+        if base_heads % group == 0:
+            return base_heads, base_heads // group
+        return base_heads, base_heads
+    return heads, kv_heads
+
+
+def model_configs(config: Config, vocab_size: int, recipe: Recipe) -> tuple[LlamaConfig, LlamaConfig]:
+    """The model's and its base's :class:`LlamaConfig`, forward multipliers resolved from the recipe."""
+    m = config.model
+    base_width = config.scaling.base_width or m.width
+    base_heads, base_kv = _base_heads(m.heads, m.kv_heads, m.width, base_width)
+    if base_width % base_heads or (base_width // base_heads) % 2:
+        raise ConfigError(f"scaling.base_width: {base_width} does not split into {base_heads} heads of even size")
+    common = dict(depth=m.depth, vocab_size=vocab_size, tie_embeddings=m.tie_embeddings, rope_theta=m.rope_theta,
+                  norm_eps=m.norm_eps, max_seq_len=config.train.seq_len)
+    base_cfg = LlamaConfig(width=base_width, heads=base_heads, kv_heads=base_kv, ffn_mult=m.ffn_mult, **common)
+    # Width scaling needs the FFN hidden size exactly proportional to width: round it at the base width, scale it.
+    hidden = base_cfg.ffn_hidden * m.width / base_width
+    if hidden != int(hidden):
+        raise ConfigError(f"model.width: {m.width} scales the base FFN ({base_cfg.ffn_hidden} at base width "
+                          f"{base_width}) to a non-integer {hidden:g}; pick a width that is a multiple of the base's "
+                          "ratio")
+    fm = forward_multipliers(recipe, m.width, base_width, m.width // m.heads, base_width // base_heads)
+    for key in fm:
+        if getattr(m, key) is not None:
+            fm[key] = getattr(m, key)
+    model_cfg = LlamaConfig(width=m.width, heads=m.heads, kv_heads=m.kv_heads, ffn_mult=int(hidden) / m.width,
+                            multiple_of=1, **common, **fm)
+    for cfg in (model_cfg, base_cfg):
+        try:
+            cfg.validate()
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    return model_cfg, base_cfg
+
+
+def absorbed_inits(config: Config, model_cfg: LlamaConfig, targets: list[str]) -> tuple[dict[str, float], LlamaConfig]:
+    """With ``multipliers.absorb_forward``: move fixed forward multipliers into the learnable ones' init.
+
+    The embedding multiplier goes to the embedding's multipliers, the attention factor over the standard
+    ``1/sqrt(d_head)`` to the query projections', the head multiplier to the head's (only where the
+    placement gives those matrices multipliers; the others stay fixed). Returns ``{regex: init}`` and the
+    model config with the absorbed multipliers set to 1.
+    """
+    mult = config.multipliers
+    if not mult.absorb_forward or mult.kind == "none":
+        return {}, model_cfg
+    inits: dict[str, float] = {}
+    changes: dict[str, Any] = {}
+    standard = 1 / math.sqrt(model_cfg.head_dim)
+    query = (model_cfg.attention_scale or standard) / standard
+    for regex, value, key, fixed in ((r"^embed\.", model_cfg.embedding_multiplier, "embedding_multiplier", 1.0),
+                                     (r"\.q_proj\.", query, "attention_scale", standard),
+                                     (r"^head\.", model_cfg.head_multiplier, "head_multiplier", 1.0)):
+        if value != 1.0 and any(re.search(regex, t) for t in targets):
+            inits[regex] = value * mult.init
+            changes[key] = fixed
+    return inits, dataclasses.replace(model_cfg, **changes)
+
+
+@dataclass
+class Built:
+    """A ready model with its plan, optimizer and schedule."""
+
+    model: Llama
+    model_config: LlamaConfig  # as built (absorbed forward multipliers set to 1)
+    declared_config: LlamaConfig  # before absorption: what the config resolves to
+    base_config: LlamaConfig
+    recipe: Recipe
+    plan: Plan
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    multiplier_names: list[str]
+
+
+def _add_multipliers(model: nn.Module, config: Config, init: Mapping[str, float] | float) -> list[str]:
+    mult = config.multipliers
+    if mult.kind == "none":
+        return []
+    try:
+        with warnings.catch_warnings():  # placement "all" skips a tied embedding, as the config asks: no news
+            warnings.filterwarnings("ignore", message=".*tied weights.*")
+            return add_multipliers(model, kind=mult.kind, placement=mult.placement, init=init)
+    except ValueError as err:
+        raise ConfigError(f"multipliers: {err}") from None
+
+
+def _planned_models(config: Config, vocab_size: int, meta: bool = False):
+    """The model, its base (meta), their configs, recipe, multiplier names and plan; ``meta``: the model too."""
+    recipe = load_recipe(config)
+    model_cfg, base_cfg = model_configs(config, vocab_size, recipe)
+    declared_cfg = model_cfg
+    targets = []
+    if config.multipliers.absorb_forward and config.multipliers.kind != "none":
+        with torch.device("meta"):
+            targets = _add_multipliers(Llama(model_cfg), config, 1.0)
+    inits, model_cfg = absorbed_inits(config, model_cfg, targets)
+    init: Mapping[str, float] | float = {**inits, ".": config.multipliers.init} if inits else config.multipliers.init
+    if not meta:
+        torch.manual_seed(config.train.seed)
+    with torch.device("meta") if meta else contextlib.nullcontext():
+        model = Llama(model_cfg)
+    with torch.device("meta"):
+        base = Llama(base_cfg)
+    names = _add_multipliers(model, config, init)
+    _add_multipliers(base, config, init)
+    try:
+        the_plan = plan(model, base=base, recipe=recipe, forward_multipliers=False)
+    except ValueError as err:
+        raise ConfigError(f"scaling.base_width: {err}") from None
+    return model, model_cfg, declared_cfg, base_cfg, recipe, names, the_plan
+
+
+def plan_for(config: Config, vocab_size: int) -> Plan:
+    """The plan of ``config``'s model, built on the meta device (no memory, no init): checks and plan tables."""
+    return _planned_models(config, vocab_size, meta=True)[-1]
+
+
+def build(config: Config, vocab_size: int, device: torch.device) -> Built:
+    """Model (initialised by the plan, seeded by ``train.seed``), plan, optimizer and LR schedule."""
+    model, model_cfg, declared_cfg, base_cfg, recipe, names, the_plan = _planned_models(config, vocab_size)
+    init_weights(model, the_plan, generator=torch.Generator().manual_seed(config.train.seed),
+                 forward_multipliers=False)
+    model.to(device)
+    o = config.optim
+    try:
+        optimizer = build_optimizer(
+            model, the_plan, o.name, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas), eps=o.eps,
+            multiplier_lr=config.multipliers.lr, multiplier_weight_decay=config.multipliers.weight_decay,
+            muon_lr=o.muon_lr, adjust_lr_fn=o.adjust_lr_fn, ns_dtype=o.ns_dtype, check_forward_multipliers=False,
+        )
+    except ValueError as err:
+        raise ConfigError(f"optim: {err}") from None
+    s = config.schedule
+    scheduler = lr_schedule(optimizer, s.warmup, config.train.steps, s.kind, min_ratio=s.min_ratio,
+                            decay_fraction=s.decay_fraction)
+    return Built(model, model_cfg, declared_cfg, base_cfg, recipe, the_plan, optimizer, scheduler, names)
+
+
+def resolved_config(config: Config, built: Built, extra: Mapping[str, Any]) -> dict[str, Any]:
+    """The config as run: ``null`` fields filled in, plus ``extra`` (runtime, data) as ``resolved`` and the plan."""
+    data = config.to_dict()
+    data["model"]["vocab_size"] = built.model_config.vocab_size
+    for key in ("embedding_multiplier", "head_multiplier", "attention_scale"):
+        data["model"][key] = getattr(built.declared_config, key)
+    data["scaling"]["base_width"] = built.base_config.width
+    return {**data, "resolved": json.loads(json.dumps(dict(extra))), "plan": built.plan.to_dict()}
+
+
+def apply_update(built: Built, config: Config) -> torch.Tensor | float:
+    """After ``backward()``: clip (multipliers apart), optimizer and schedule step, zero the grads; the grad norm."""
+    clip = config.optim.grad_clip
+    norm = clip_grad_norm_(built.model, clip if clip is not None else math.inf,
+                           multiplier_max_norm=config.multipliers.max_norm)
+    built.optimizer.step()
+    built.scheduler.step()
+    built.optimizer.zero_grad(set_to_none=True)
+    return norm

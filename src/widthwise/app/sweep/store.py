@@ -1,0 +1,147 @@
+"""``SWEEP_DIR/results.db``: one SQLite row per grid point (WAL mode), written by the sweep driver alone.
+
+Workers never touch the database: they train into their run directory and the driver records what the run
+directory says (:func:`widthwise.app.sweep.worker.collect_result`). A driver killed at any moment leaves rows that
+say ``running``; the next driver resumes those runs from their checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from .spec import Point, SweepError
+
+STATUSES = ("pending", "running", "completed", "diverged", "failed")
+FINAL = ("completed", "diverged", "failed")
+SCHEMA_VERSION = 1
+_COLUMNS = {
+    "run_id": "TEXT PRIMARY KEY", "name": "TEXT NOT NULL", "params": "TEXT NOT NULL", "config": "TEXT NOT NULL",
+    "status": "TEXT NOT NULL CHECK (status IN ('pending', 'running', 'completed', 'diverged', 'failed'))",
+    "val_loss": "REAL", "final_train_loss": "REAL", "tokens": "INTEGER", "steps": "INTEGER", "wall_s": "REAL",
+    "tokens_per_s": "REAL", "width": "INTEGER", "base_width": "INTEGER", "recipe": "TEXT", "optimizer": "TEXT",
+    "multipliers": "TEXT", "lr": "REAL", "weight_decay": "REAL", "seed": "INTEGER", "sigma_max": "REAL",
+    "gain": "REAL", "layer_types": "TEXT", "error": "TEXT", "attempts": "INTEGER NOT NULL DEFAULT 0",
+    "worker": "TEXT", "started_at": "REAL", "finished_at": "REAL",
+}
+_JSON = ("params", "config", "layer_types")
+#: What a worker's result may set (``collect_result``'s keys).
+RESULT_KEYS = ("status", "val_loss", "final_train_loss", "tokens", "steps", "wall_s", "tokens_per_s", "sigma_max",
+               "gain", "layer_types", "error")
+
+
+def db_path(sweep_dir: Path) -> Path:
+    return Path(sweep_dir) / "results.db"
+
+
+class ResultsDB:
+    """The ``runs`` table of a sweep. Every write is its own committed transaction."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.conn = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
+        self.conn.row_factory = sqlite3.Row
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=FULL")
+        self.conn.execute("PRAGMA busy_timeout=60000")
+        columns = ", ".join(f"{name} {kind}" for name, kind in _COLUMNS.items())
+        with self.conn:
+            self.conn.execute(f"CREATE TABLE IF NOT EXISTS runs ({columns})")
+            self.conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+            self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> ResultsDB:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def add(self, points: Iterable[Point]) -> int:
+        """Insert the points not in the table yet as ``pending``; how many were new."""
+        new = 0
+        with self.conn:
+            for p in points:
+                c = p.config
+                cur = self.conn.execute(
+                    "INSERT OR IGNORE INTO runs (run_id, name, params, config, status, width, base_width, recipe, "
+                    "optimizer, multipliers, lr, weight_decay, seed) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, "
+                    "?, ?)",
+                    (p.run_id, p.name, json.dumps(p.params), json.dumps(c.to_dict()), c.model.width,
+                     c.scaling.base_width or c.model.width, c.scaling.recipe, c.optim.name, c.multipliers.kind,
+                     c.optim.lr, c.optim.weight_decay, c.train.seed))
+                new += cur.rowcount
+        return new
+
+    def status(self, run_id: str) -> str | None:
+        row = self.conn.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return row["status"] if row else None
+
+    def mark_running(self, run_id: str, worker: str) -> None:
+        """A new attempt of ``run_id`` started on ``worker``."""
+        with self.conn:
+            self.conn.execute("UPDATE runs SET status = 'running', attempts = attempts + 1, worker = ?, "
+                              "started_at = ?, error = NULL WHERE run_id = ?", (worker, time.time(), run_id))
+
+    def mark_pending(self, run_id: str, error: str | None = None) -> None:
+        """An attempt ended without a result (killed, interrupted): the run resumes later."""
+        with self.conn:
+            self.conn.execute("UPDATE runs SET status = 'pending', error = ? WHERE run_id = ?", (error, run_id))
+
+    def record(self, run_id: str, result: Mapping[str, Any]) -> None:
+        """Store a finished attempt's result (``status`` one of :data:`FINAL`)."""
+        if result.get("status") not in FINAL:
+            raise ValueError(f"record: status must be one of {FINAL}, got {result.get('status')!r}")
+        values = {k: _sql_value(k, result.get(k)) for k in RESULT_KEYS}
+        sets = ", ".join(f"{k} = ?" for k in values)
+        with self.conn:
+            self.conn.execute(f"UPDATE runs SET {sets}, finished_at = ? WHERE run_id = ?",
+                              (*values.values(), time.time(), run_id))
+
+    def rows(self) -> list[dict[str, Any]]:
+        """All rows in insertion order, JSON columns decoded."""
+        rows = []
+        for row in self.conn.execute("SELECT * FROM runs ORDER BY rowid"):
+            d = dict(row)
+            for key in _JSON:
+                d[key] = json.loads(d[key]) if d[key] is not None else ({} if key == "layer_types" else None)
+            rows.append(d)
+        return rows
+
+    def counts(self) -> dict[str, int]:
+        out = dict.fromkeys(STATUSES, 0)
+        for row in self.conn.execute("SELECT status, COUNT(*) AS n FROM runs GROUP BY status"):
+            out[row["status"]] = row["n"]
+        return out
+
+
+def _sql_value(key: str, value: Any) -> Any:
+    if key in _JSON:
+        return json.dumps(value) if value is not None else None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def read_results(sweep_dir: Path) -> list[dict[str, Any]]:
+    """Every row of ``SWEEP_DIR/results.db`` (:class:`SweepError` when there is none), with ``run_dir`` added."""
+    sweep_dir = Path(sweep_dir)
+    path = db_path(sweep_dir)
+    if not path.is_file():
+        what = "no such directory" if not sweep_dir.is_dir() else "no results.db, not a widthwise sweep directory"
+        raise SweepError(f"SWEEP_DIR {sweep_dir}: {what}")
+    try:
+        with ResultsDB(path) as db:
+            rows = db.rows()
+    except sqlite3.DatabaseError as err:
+        raise SweepError(f"SWEEP_DIR {sweep_dir}: results.db is unreadable ({err})") from None
+    for row in rows:
+        row["run_dir"] = str((sweep_dir / "runs" / row["name"]).resolve())
+    return rows

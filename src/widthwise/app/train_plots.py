@@ -1,0 +1,100 @@
+"""Plots of a run from its ``metrics.jsonl``: loss curves, learning rate, multipliers over time."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from .atomic import atomic_savefig
+from .metrics import read_metrics
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def write_plots(run_dir: Path) -> list[Path]:
+    """Write ``plots/loss.png``, ``plots/lr.png`` and (with multipliers) ``plots/multipliers.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    records = read_metrics(run_dir / "metrics.jsonl")
+    out = run_dir / "plots"
+    out.mkdir(exist_ok=True)
+    written = []
+    train = [(r["tokens"], r["train_loss"]) for r in records if _finite(r.get("train_loss"))]
+    val = [(r["tokens"], r["val_loss"]) for r in records if _finite(r.get("val_loss"))]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    if train:
+        ax.plot(*zip(*train, strict=True), lw=0.8, alpha=0.5, color="C0", label="train (per step)")
+        window = max(1, len(train) // 50)
+        if window > 1:
+            smooth = [sum(v for _, v in train[max(0, i - window + 1):i + 1]) / len(train[max(0, i - window + 1):i + 1])
+                      for i in range(len(train))]
+            ax.plot([t for t, _ in train], smooth, lw=1.6, color="C0", label=f"train ({window}-step mean)")
+    if val:
+        ax.plot(*zip(*val, strict=True), "o-", ms=4, lw=1.6, color="C3", label="validation")
+    ax.set_xlabel("tokens")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_title(f"{run_dir.name}: loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    written.append(out / "loss.png")
+    atomic_savefig(fig, written[-1], dpi=120)
+    plt.close(fig)
+
+    lr = [(r["step"], r["lr"]) for r in records if _finite(r.get("lr"))]
+    if lr:
+        fig, ax = plt.subplots(figsize=(7, 3))
+        ax.plot(*zip(*lr, strict=True), color="C2")
+        ax.set_xlabel("step")
+        ax.set_ylabel("base learning rate")
+        ax.set_title("learning rate schedule (each group: base x plan factor)")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        written.append(out / "lr.png")
+        atomic_savefig(fig, written[-1], dpi=120)
+        plt.close(fig)
+
+    mult = [(r["step"], r["multipliers"]) for r in records if r.get("multipliers")]
+    if mult:
+        written.append(_multiplier_plot(plt, mult, out / "multipliers.png"))
+    return written
+
+
+def _multiplier_plot(plt, mult: list[tuple[int, dict]], path: Path) -> Path:
+    """One panel per layer (all blocks pooled): row and column multipliers, mean with a +-1 std band."""
+    layers: dict[str, list[str]] = {}
+    for key in sorted({k for _, stats in mult for k in stats}):
+        layer, _, part = key.rpartition(".")
+        layers.setdefault(layer or key, []).append(key)
+    cols = min(4, len(layers))
+    rows = math.ceil(len(layers) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.5 * rows), sharex=True, squeeze=False)
+    for ax, (layer, keys) in zip(axes.flat, layers.items(), strict=False):
+        for i, key in enumerate(keys):
+            pts = [(s, st[key]) for s, st in mult if key in st]
+            steps = [s for s, _ in pts]
+            mean = [st["mean"] for _, st in pts]
+            std = [st["std"] for _, st in pts]
+            part = key.rpartition(".")[2]
+            ax.plot(steps, mean, "o-" if i == 0 else "s--", ms=3, color=f"C{i}", label=part)
+            ax.fill_between(steps, [m - d for m, d in zip(mean, std, strict=True)],
+                            [m + d for m, d in zip(mean, std, strict=True)], color=f"C{i}", alpha=0.15)
+        ax.axhline(1.0, color="grey", lw=0.6, ls=":")
+        ax.set_title(layer, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(layers):]:
+        ax.set_visible(False)
+    fig.suptitle("learnable multipliers over training (all blocks pooled; mean, band = +-1 std)", fontsize=10)
+    fig.supxlabel("step", fontsize=9)
+    fig.tight_layout()
+    atomic_savefig(fig, path, dpi=120)
+    plt.close(fig)
+    return path

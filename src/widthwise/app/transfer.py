@@ -1,0 +1,251 @@
+"""``widthwise transfer``: a train config for a new width from a sweep's optimum.
+
+The base LR and weight decay are the family's ``fit`` estimate at ``from_width`` (``optima.json``, written by
+``widthwise analyze``). They are *base* values: the config keeps the sweep's ``scaling.base_width``, so the
+recipe's plan scales them to the target width exactly as it did during the sweep. Everything else comes from
+the config of the family's best run at ``from_width``, moved to the new width with its head dim kept.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from .atomic import atomic_write_text
+from .config import Config, ConfigError, apply_overrides, from_dict
+from .setup import at_width, build, load_recipe, model_configs
+from .sweep.spec import SweepError
+
+#: Flags of ``widthwise transfer`` that pick a family, with the optima.json field each one matches.
+FAMILY_FLAGS = {"recipe": "--recipe", "optimizer": "--optimizer", "multipliers": "--multipliers"}
+#: Model fields a run's config.yaml stores resolved from the recipe at the run's width.
+FORWARD_KEYS = ("embedding_multiplier", "head_multiplier", "attention_scale")
+
+
+@dataclass
+class Transfer:
+    """A config for ``config.model.width`` built from a sweep family's optimum at ``from_width``."""
+
+    config: Config
+    family: str
+    from_width: int
+    lr: float  # base values: the family's fit at from_width
+    weight_decay: float
+    verdict: str
+    summary: str
+    plan_table: str
+    sweep_dir: Path
+    run_id: str  # the best run at from_width, whose config this one derives from
+    warnings: list[str] = field(default_factory=list)
+
+
+def read_optima(sweep_dir: Path) -> dict[str, Any]:
+    """``SWEEP_DIR/optima.json`` (:class:`SweepError` naming the file if it is missing or malformed)."""
+    path = Path(sweep_dir) / "optima.json"
+    if not path.is_file():
+        raise SweepError(f"{path}: no such file; run `widthwise analyze {sweep_dir}` first")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SweepError(f"{path}: cannot read it ({err}); rerun `widthwise analyze {sweep_dir}`") from None
+    if not isinstance(data, dict) or data.get("version") != 1 or not isinstance(data.get("families"), list):
+        raise SweepError(f"{path}: not an optima file of version 1; rerun `widthwise analyze {sweep_dir}`")
+    return data
+
+
+def select_family(families: list[dict[str, Any]], recipe: str | None = None, optimizer: str | None = None,
+                  multipliers: str | None = None, label: str | None = None) -> dict[str, Any]:
+    """The one family matching the filters (``label``: its exact label); :class:`SweepError` otherwise."""
+    wanted = {"recipe": recipe, "optimizer": optimizer, "multipliers": multipliers}
+    found = [f for f in families
+             if all(v is None or str(f.get(k)) == str(v) for k, v in wanted.items())
+             and (label is None or f.get("label") == label)]
+    if len(found) == 1:
+        return found[0]
+    asked = " ".join(f"{k}={v}" for k, v in wanted.items() if v is not None) + (f" label={label!r}" if label else "")
+    labels = "; ".join(repr(f.get("label")) for f in families) or "none"
+    if not found:
+        raise SweepError(f"no sweep family matches {asked or 'the filters'}; the families are: {labels}")
+    varied = [k for k in FAMILY_FLAGS if len({str(f.get(k)) for f in found}) > 1]
+    hint = (", ".join(f"{FAMILY_FLAGS[k]} ({', '.join(sorted({str(f.get(k)) for f in found}))})" for k in varied)
+            if varied else "--family LABEL")
+    shown = "; ".join(repr(f.get("label")) for f in found)
+    raise SweepError(f"{len(found)} sweep families match{' ' + asked if asked else ''}: {shown}; pick one with {hint}")
+
+
+def _pick_width(family: dict[str, Any], from_width: int | None) -> int:
+    per_width = family.get("per_width") or {}
+    usable = sorted(int(w) for w, entry in per_width.items()
+                    if (entry.get("fit") or {}).get("lr") is not None and entry.get("best"))
+    if from_width is None:
+        if not usable:
+            raise SweepError(f"family {family.get('label')!r} has no width with a completed optimum")
+        return usable[-1]
+    if from_width not in usable:
+        widths = ", ".join(map(str, usable)) or "none"
+        raise SweepError(f"--from-width {from_width}: family {family.get('label')!r} has an optimum at widths {widths}")
+    return from_width
+
+
+def _source_config(sweep_dir: Path, best: dict[str, Any]) -> Config:
+    """The config of the run ``best`` names: its run dir's config.yaml, else its row in results.db."""
+    from .trainer import RunError, read_run_config
+
+    run_dir = best.get("run_dir")
+    if run_dir:
+        path = Path(run_dir) if Path(run_dir).is_absolute() else Path(sweep_dir) / run_dir
+        if path.is_dir():
+            try:
+                return read_run_config(path, what="sweep run")
+            except RunError as err:
+                raise SweepError(str(err)) from None
+    from .sweep.store import read_results
+
+    where = f"{sweep_dir}: run {best.get('run_id')} of optima.json has no run directory ({run_dir or 'none named'})"
+    try:
+        rows = read_results(Path(sweep_dir))
+    except SweepError as err:
+        raise SweepError(f"{where} and its results cannot be read ({err})") from None
+    for row in rows:
+        if row.get("run_id") == best.get("run_id"):
+            return from_dict(row["config"])
+    raise SweepError(f"{where} nor a row in results.db; rerun `widthwise analyze`")
+
+
+def vocab_size(config: Config) -> int:
+    """The model's vocabulary: ``model.vocab_size`` as resolved by a run, else the tokenizer's target size."""
+    return config.model.vocab_size or config.data.vocab_size
+
+
+def release_forward_multipliers(config: Config) -> tuple[Config, list[str]]:
+    """``config`` with forward multipliers that a run resolved from the recipe set back to ``null``.
+
+    A run's config.yaml stores ``head_multiplier`` (``1/m``) and ``attention_scale`` as resolved at its own
+    width; kept, they would freeze at the new width. Values that differ from the recipe's were set by the
+    user and stay (with a warning).
+    """
+    m = config.model
+    if all(getattr(m, k) is None for k in FORWARD_KEYS):
+        return config, []
+    bare = apply_overrides(config, dict.fromkeys((f"model.{k}" for k in FORWARD_KEYS), None))
+    resolved, _ = model_configs(bare, vocab_size(bare), load_recipe(bare))
+    release, warnings = {}, []
+    for key in FORWARD_KEYS:
+        value = getattr(m, key)
+        if value is None or math.isclose(value, getattr(resolved, key), rel_tol=1e-9):
+            release[f"model.{key}"] = None
+        else:
+            warnings.append(f"model.{key} is fixed at {value:.6g} in the run's config (the recipe gives "
+                            f"{getattr(resolved, key):.6g}); it stays fixed at every width")
+    return apply_overrides(config, release), warnings
+
+
+def plan_table(config: Config) -> str:
+    """The plan at the config's width with absolute LR/WD per parameter, then the optimizer's groups.
+
+    Builds model, plan and optimizer on the meta device (no memory, no init values), so it runs for any
+    width and rejects what the trainer would (:class:`ConfigError`).
+    """
+    o = config.optim
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            built = build(config, vocab_size(config), torch.device("meta"))
+    except ConfigError:
+        raise
+    except ValueError as err:  # the plan: shapes that do not scale consistently from the base
+        raise ConfigError(f"model.width: {config.model.width} does not scale from the base width "
+                          f"{config.scaling.base_width}: {err}") from None
+    table = built.plan.table(lr=o.lr, weight_decay=o.weight_decay,
+                             multiplier_weight_decay=config.multipliers.weight_decay)
+    return f"{table}\n\n{optimizer_groups(built.optimizer)}"
+
+
+def optimizer_groups(optimizer: torch.optim.Optimizer) -> str:
+    """The optimizer's parameter groups as a table: absolute LR and WD as the trainer sets them."""
+    children = getattr(optimizer, "optimizers", {type(optimizer).__name__.lower(): optimizer})
+
+    def peak(group: dict[str, Any]) -> float:  # the LR before the schedule's factor (warmup starts below it)
+        return group.get("initial_lr", group["lr"])
+
+    rows = [["optimizer", "role", "tensors", "width x", "lr", "wd", "lr*wd"]]
+    for name, child in children.items():
+        for g in child.param_groups:
+            rows.append([name, str(g.get("role", "-")), str(len(g["params"])), f"{g.get('width_mult', 1):.4g}",
+                         f"{peak(g):.4g}", f"{g['weight_decay']:.4g}", f"{peak(g) * g['weight_decay']:.4g}"])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(["optimizer groups (absolute values; the LR schedule multiplies lr by its factor):", *lines])
+
+
+def transfer_config(sweep_dir: Path, width: int, *, recipe: str | None = None, optimizer: str | None = None,
+                    multipliers: str | None = None, from_width: int | None = None,
+                    family: str | None = None) -> Transfer:
+    """A train config for ``width`` from the sweep's optimum of one family (``family``: an exact label).
+
+    :class:`SweepError` for a missing ``optima.json``, a family choice that does not pick exactly one, or an
+    unknown ``from_width``; :class:`ConfigError` for a width the model cannot take.
+    """
+    sweep_dir = Path(sweep_dir)
+    fam = select_family(read_optima(sweep_dir)["families"], recipe, optimizer, multipliers, family)
+    fw = _pick_width(fam, from_width)
+    entry = fam["per_width"][str(fw)]
+    fit, best = entry["fit"], entry["best"]
+    source, warnings = release_forward_multipliers(_source_config(sweep_dir, best))
+    config = at_width(source, width, what="--width")
+    config = apply_overrides(config, {"optim.lr": float(fit["lr"]), "optim.weight_decay": float(fit["weight_decay"]),
+                                      "scaling.base_width": source.scaling.base_width or fw})
+    table = plan_table(config)
+    transfer = fam.get("transfer") or {}
+    verdict, summary = str(transfer.get("verdict", "insufficient")), str(transfer.get("summary", ""))
+    warnings += _warnings(fam, fw, width, fit, verdict, summary)
+    return Transfer(config, str(fam.get("label")), fw, float(fit["lr"]), float(fit["weight_decay"]), verdict,
+                    summary, table, sweep_dir, str(best.get("run_id")), warnings)
+
+
+def _warnings(fam: dict[str, Any], fw: int, width: int, fit: dict[str, Any], verdict: str, summary: str) -> list[str]:
+    out = []
+    widest = max((int(w) for w in fam.get("per_width") or {}), default=fw)
+    if fw != widest:
+        out.append(f"from width {fw} is not the family's widest ({widest})")
+    if verdict != "transfers":
+        out.append(f"the sweep's verdict is {verdict!r}: {summary}".rstrip(": "))
+    slope = (fam.get("transfer") or {}).get("lr_slope")
+    if verdict == "drifts" and slope is not None and width != fw:
+        out.append(f"the base LR optimum moves as width^{slope:+.2f}: at width {width} it may be "
+                   f"x{(width / fw) ** slope:.3g} the value used")
+    if fit.get("at_edge"):
+        out.append(f"the optimum at width {fw} lies at the edge of the grid: widen the LR/WD grid")
+    return out
+
+
+def transfer_header(t: Transfer) -> str:
+    """The comment block of a written transfer config: where the values come from."""
+    lines = [f"widthwise transfer: train config for width {t.config.model.width}",
+             f"sweep: {t.sweep_dir.resolve()}",
+             f"family: {t.family}",
+             f"from width {t.from_width} (run {t.run_id}): base lr={t.lr:.6g} weight_decay={t.weight_decay:.6g} "
+             f"at base width {t.config.scaling.base_width}; the plan scales them",
+             f"verdict: {t.verdict}" + (f": {t.summary}" if t.summary else ""),
+             *(f"warning: {w}" for w in t.warnings)]
+    return "".join(f"# {' '.join(line.split())}\n" for line in lines)
+
+
+def write_transfer(t: Transfer, out: Path, force: bool = False) -> Path:
+    """Write ``t.config`` as YAML with a comment header, atomically; an existing file only with ``force``."""
+    out = Path(out)
+    if out.is_dir():
+        raise SweepError(f"{out} is a directory; give a file name for the config")
+    if out.exists() and not force:
+        raise SweepError(f"{out} exists; pass --force to overwrite it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    text = transfer_header(t) + t.config.to_yaml()
+    yaml.safe_load(text)  # the header must not break the YAML
+    atomic_write_text(out, text)
+    return out

@@ -1,0 +1,65 @@
+"""results.db: one row per grid point, WAL, idempotent inserts, results and retries recorded."""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+
+import pytest
+
+from widthwise.app.sweep.spec import SweepError, expand, parse_sweep
+from widthwise.app.sweep.store import ResultsDB, read_results
+
+
+@pytest.fixture
+def points():
+    return expand(parse_sweep({"base": "tiny", "grid": {"optim.lr": [0.01, 0.03]}, "seeds": [0, 1]}))
+
+
+def test_rows_are_inserted_once_and_decoded(tmp_path, points):
+    with ResultsDB(tmp_path / "results.db") as db:
+        assert db.add(points) == 4
+        assert db.add(points) == 0
+        rows = db.rows()
+    assert [r["run_id"] for r in rows] == [p.run_id for p in points]
+    r = rows[1]
+    assert r["status"] == "pending" and r["attempts"] == 0
+    assert r["params"] == {"optim.lr": 0.01, "train.seed": 1}
+    assert (r["lr"], r["weight_decay"], r["seed"], r["width"], r["base_width"]) == (0.01, 0.1, 1, 32, 16)
+    assert (r["recipe"], r["optimizer"], r["multipliers"]) == ("robust", "adamw", "row_col")
+    assert r["config"] == points[1].config.to_dict()
+    assert r["layer_types"] == {}
+
+
+def test_wal_mode_and_results(tmp_path, points):
+    path = tmp_path / "results.db"
+    with ResultsDB(path) as db:
+        db.add(points)
+        db.mark_running(points[0].run_id, "local:host")
+        db.mark_pending(points[0].run_id, "attempt 1: killed")
+        db.mark_running(points[0].run_id, "local:host")
+        db.record(points[0].run_id, {"status": "completed", "val_loss": 5.1, "final_train_loss": 5.0, "tokens": 10,
+                                     "steps": 3, "wall_s": 1.5, "tokens_per_s": 7.0, "sigma_max": 1.2, "gain": 0.8,
+                                     "layer_types": {"mlp.up_proj": {"sigma_max": 1.2}}})
+        db.record(points[1].run_id, {"status": "diverged", "final_train_loss": math.nan})
+        with pytest.raises(ValueError, match="status must be one of"):
+            db.record(points[2].run_id, {"status": "running"})
+        assert db.counts() == {"pending": 2, "running": 0, "completed": 1, "diverged": 1, "failed": 0}
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    rows = read_results(tmp_path)
+    assert rows[0]["attempts"] == 2 and rows[0]["error"] is None and rows[0]["val_loss"] == 5.1
+    assert rows[0]["layer_types"] == {"mlp.up_proj": {"sigma_max": 1.2}}
+    assert rows[0]["run_dir"].endswith(f"runs/{points[0].name}")
+    assert rows[1]["status"] == "diverged" and rows[1]["final_train_loss"] is None  # NaN stored as NULL
+    assert json.loads(json.dumps(rows))  # plain JSON types only
+
+
+def test_read_results_errors(tmp_path):
+    with pytest.raises(SweepError, match="no such directory"):
+        read_results(tmp_path / "missing")
+    with pytest.raises(SweepError, match="no results.db, not a widthwise sweep directory"):
+        read_results(tmp_path)
+    (tmp_path / "results.db").write_text("not a database" * 100)
+    with pytest.raises(SweepError, match="results.db is unreadable"):
+        read_results(tmp_path)

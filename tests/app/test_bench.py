@@ -1,0 +1,122 @@
+"""``widthwise bench`` end to end at a tiny size (the output's shape, never timings), and its bad inputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from widthwise.app.bench.runner import TARGETS, bench_plan
+from widthwise.app.bench.sessions import PlainLoop, Setting, bench_config, session
+from widthwise.app.config import ConfigError
+from widthwise.cli import main
+
+TINY = ["tiny", "--widths", "64,32", "--batch-size", "2", "--seq-len", "16", "--reps", "2", "--rounds", "1",
+        "--threads", "1", "--quiet", "--set", "model.kv_heads=2", "--set", "scaling.base_width=32"]
+PER_POINT = ("multiplier_train_overhead", "folded_inference_ratio", "unfolded_inference_ratio", "muon_vs_adamw",
+             "trainer_vs_plain_loop")
+
+
+@pytest.fixture(scope="module")
+def report(data_cache, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "BENCH.json"
+    code = main(["bench", "--quick", "--out", str(out), *TINY])
+    assert code == 0
+    return out, json.loads(out.read_text())
+
+
+def test_bench_quick_writes_every_figure_per_width(report, capsys):
+    out, r = report
+    assert r["quick"] is True and r["plan"]["widths"] == [64, 32] and r["plan"]["modes"] == ["eager_fp32"]
+    assert len(r["load_average"]["before"]) == 3 and r["machine"]["torch"] == torch.__version__
+    assert [p["width"] for p in r["results"]] == [64, 32]
+    for p in r["results"]:
+        assert p["mode"] == "eager_fp32" and p["tokens_per_step"] == 32
+        for key in PER_POINT:
+            fig = p[key]
+            assert fig["reps"] == 2 and fig["ratio"] > 0 and fig["pair_p25"] <= fig["pair_median"] <= fig["pair_p75"]
+        assert set(p["tokens_per_s"]) == {"row_col", "none", "muon", "plain_loop"}
+        assert all(v > 0 for v in p["tokens_per_s"].values())
+        assert p["diagnostics_overhead"] > 1 and p["diagnostics_every"] == 50
+        assert p["power_iteration_speedup"] > 0 and 0 <= p["power_iteration_rel_error"] < 1e-3
+        assert p["matrices"] == 2 * 7 + 2  # 2 blocks x 7 projections, the embedding and the head
+        assert 0 < p["data_loader_share"] < 1 and p["achieved_tflops"] > 0
+        assert 0 < p["mfu"] < 1 and "measured" in p["peak_source"]
+        assert p["folded_outputs_match"] is True and p["muon_ns_dtype"] in ("float32", "bfloat16")
+        for shape in ("square", "ffn"):
+            assert set(p["multiplier_paths"][shape]) == {"shape", "weight_vs_plain", "activations_vs_plain",
+                                                         "activations_vs_weight"}
+    m = r["muon_optimizer"]
+    assert m["width"] == 32  # the smallest width, wherever it is listed
+    assert m["bf16_bit_identical_to_torch"] is True and len(m["matrices"]) == 7
+    assert set(r["summary"]) >= set(TARGETS) | {"muon_vs_adamw", "power_iteration_rel_error", "data_loader_share"}
+    for key, target in TARGETS.items():
+        s = r["summary"][key]
+        assert s["target"] == target and s["met"] == (s["max"] <= target)
+    assert out.with_suffix(".png").stat().st_size > 10_000
+
+
+def test_bench_full_plan_compiles_and_prints_the_table(data_cache, tmp_path, capsys):
+    out = tmp_path / "b.json"
+    assert main(["bench", "--out", str(out), "--no-plot", *TINY[:1], "--widths", "32", *TINY[3:]]) == 0
+    text = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert [p["mode"] for p in report["results"]] == ["eager_fp32", report["results"][1]["mode"]]
+    assert report["results"][1]["mode"] in ("compile_fp32", "compile_bf16") and "compile on" in \
+        report["results"][1]["runtime"]
+    assert "trainer/plain" in text and "targets: multiplier_train_overhead <= 1.01" in text and str(out) in text
+    assert json.loads(out.read_text())["quick"] is False and not out.with_suffix(".png").exists()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--modes", "warp"], "--modes: unknown mode 'warp'"),
+    (["--widths", "40"], "--widths: 40 is not a positive multiple of the head dim 16"),
+    (["--set", "optim.name=sgd"], "optim.name"),
+    (["--reps", "0"], "--reps: expected a positive integer"),
+    (["--device", "tpu"], "--device: invalid choice"),
+])
+def test_bench_bad_input_is_one_line_and_exit_2(data_cache, tmp_path, capsys, args, message):
+    out = tmp_path / "b.json"
+    code = _exit_code(["bench", "tiny", "--out", str(out), "--quiet", *args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_bench_out_directory_is_refused(data_cache, tmp_path, capsys):
+    assert main(["bench", "tiny", "--out", str(tmp_path), "--quiet"]) == 2
+    assert "is a directory" in capsys.readouterr().err
+
+
+def test_compile_mode_resolves_its_dtype_and_config():
+    s = Setting("tiny", 32, "compile", 2, 16, 1)
+    config = bench_config(s, ["model.kv_heads=2"])
+    assert config.train.compile is True and s.label() in ("compile_fp32", "compile_bf16")
+    assert config.train.dtype == ("bfloat16" if s.label() == "compile_bf16" else "float32")
+    assert bench_config(Setting("tiny", 32, "eager_fp32", 2, 16, 1)).train.compile is False
+    with pytest.raises(ConfigError, match="--modes"):
+        bench_plan(True, modes=["fast"])
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="--device: train.device: cuda requested but no CUDA device"):
+            bench_config(Setting("tiny", 32, "compile", 2, 16, 1, device="cuda"))
+
+
+def test_plain_loop_is_plain_pytorch_on_the_same_model(data_cache, one_thread):
+    run = session(Setting("tiny", 32, "eager_fp32", 4, 16, 1), ["model.kv_heads=2", "scaling.base_width=32"])
+    plain = PlainLoop(run)
+    assert type(plain.optimizer) is torch.optim.AdamW
+    ours = sorted((g["lr"], g["initial_lr"], g["weight_decay"]) for g in run.built.optimizer.param_groups)
+    assert sorted((g["lr"], g["initial_lr"], g["weight_decay"]) for g in plain.optimizer.param_groups) == ours
+    assert {k: v.shape for k, v in plain.model.state_dict().items()} == \
+        {k: v.shape for k, v in run.model.state_dict().items()}
+    losses = [plain.step() for _ in range(8)]
+    assert all(torch.isfinite(torch.tensor(losses))) and min(losses[-3:]) < losses[0]
+
+
+def _exit_code(argv: list[str]) -> int:
+    """``main``'s exit code, whether it returns it or argparse exits with it."""
+    try:
+        return main(argv)
+    except SystemExit as exit_:
+        return exit_.code

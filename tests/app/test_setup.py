@@ -1,0 +1,78 @@
+"""Building a run from a config: base model, FFN proportional to width, forward multipliers, absorption."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from widthwise.app.config import ConfigError, load_config
+from widthwise.app.setup import build, load_recipe, model_configs
+from widthwise.diagnostics.multiplier_stats import multiplier_stats
+from widthwise.diagnostics.naming import layer_type
+
+
+def test_base_keeps_head_dim_and_ffn_scales_exactly():
+    c = load_config("demo")
+    model, base = model_configs(c, 4096, load_recipe(c))
+    assert (base.width, base.heads, base.kv_heads) == (64, 2, 1)
+    assert model.head_dim == base.head_dim == 32
+    assert model.ffn_hidden == 2 * base.ffn_hidden == 384
+    assert model.head_multiplier == 0.5  # robust: 1/m, m = 128/64
+    assert model.attention_scale == pytest.approx(1 / math.sqrt(32))  # d_head fixed: standard scale
+    assert model.embedding_multiplier == 1.0
+
+
+def test_plan_follows_the_recipe():
+    c = load_config("tiny", ["model.width=64", "scaling.base_width=16", "model.heads=2", "model.kv_heads=1"])
+    built = build(c, 300, torch.device("cpu"))
+    q = built.plan["blocks.0.attn.q_proj.weight"]
+    assert (q.role.value, q.width_mult, q.lr_factor, q.wd_factor) == ("hidden", 4.0, 0.25, 2.0)
+    emb = built.plan["embed.weight"]
+    assert (emb.lr_factor, emb.wd_factor) == (1.0, 0.0)
+    assert built.model_config.head_multiplier == 0.25
+    # the head dim grew from 8 (base 16 / 2 heads) to 32: muP scales logits as sqrt(d_base)/d_head
+    mup = build(load_config("tiny", ["model.width=64", "scaling.recipe=mup", "model.heads=2"]), 300,
+                torch.device("cpu"))
+    assert mup.model_config.attention_scale == pytest.approx(math.sqrt(8) / 32)
+
+
+def test_width_that_breaks_the_ffn_ratio_is_refused():
+    with pytest.raises(ConfigError, match="model.width"):
+        c = load_config("tiny", ["model.width=40", "model.heads=2", "scaling.base_width=24"])
+        model_configs(c, 300, load_recipe(c))
+
+
+def test_absorb_forward_moves_fixed_multipliers_into_learnable_ones():
+    overrides = ["model.width=64", "scaling.base_width=16", "model.heads=2", "model.kv_heads=1",
+                 "model.embedding_multiplier=2.0", "scaling.recipe=mup"]
+    fixed = build(load_config("tiny", overrides), 300, torch.device("cpu"))
+    absorbed = build(load_config("tiny", [*overrides, "multipliers.absorb_forward=true"]), 300, torch.device("cpu"))
+    assert absorbed.model_config.embedding_multiplier == 1.0 and absorbed.declared_config.embedding_multiplier == 2.0
+    row = dict(absorbed.model.embed.parametrizations.weight[0].named_parameters())["row"]
+    assert torch.all(row == 2.0)
+    idx = torch.randint(0, 300, (2, 16))
+    torch.testing.assert_close(absorbed.model(idx), fixed.model(idx), rtol=1e-5, atol=1e-5)
+
+
+def test_recipe_file_and_overrides(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text("recipe: {name: calibrated, lr_exponent: 1.0, wd_exponent: 0.4, init_exponent: 0.5, "
+                    "output_exponent: 1.0, attention_scale: mup, vector_like_wd: false}\n")
+    c = load_config("tiny", [f"scaling.recipe={path}", "scaling.overrides={wd_exponent: 0.3}"])
+    assert load_recipe(c).wd_exponent == 0.3 and load_recipe(c).name == "calibrated"
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_recipe(load_config("tiny", [f"scaling.recipe={tmp_path}/none.yaml"]))
+    with pytest.raises(ConfigError, match="unknown recipe override"):
+        load_recipe(load_config("tiny", ["scaling.overrides={wd_exp: 1}"]))
+
+
+def test_multiplier_stats_by_layer_type():
+    assert layer_type("blocks.3.attn.q_proj.weight.row") == "attn.q_proj.row"
+    assert layer_type("embed.weight.col") == "embed.col"
+    built = build(load_config("tiny"), 300, torch.device("cpu"))
+    stats = multiplier_stats(built.model)
+    assert stats["attn.q_proj.row"] == {"mean": 1.0, "std": 0.0, "min": 1.0, "max": 1.0}
+    assert "head.row" not in stats  # the paper's placement leaves the head alone
+    assert len(stats) == 16

@@ -1,0 +1,159 @@
+"""widthwise transfer on a hand-built sweep directory: run configs under runs/ and an optima.json."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from widthwise.app.config import ConfigError, apply_overrides, load_config
+from widthwise.app.setup import at_width, load_recipe, model_configs
+from widthwise.app.sweep.spec import SweepError
+from widthwise.app.transfer import transfer_config, write_transfer
+
+FIT = {"lr": 0.004, "weight_decay": 0.1}  # base values of every family's fit; best points differ from them
+FAMILIES = [("robust", "adamw", "transfers"), ("mup", "adamw", "drifts"), ("robust", "muon", "transfers")]
+
+
+def _run_config(recipe: str, optimizer: str, width: int) -> dict:
+    """A run's config.yaml as the trainer writes it: forward multipliers resolved, plus plan and resolved keys."""
+    base = load_config("tiny", ["model.kv_heads=2", f"scaling.recipe={recipe}", f"optim.name={optimizer}",
+                                "optim.lr=0.003", "optim.weight_decay=0.2", "train.seed=3"])
+    config = apply_overrides(at_width(base, width), {"model.vocab_size": 512})
+    model_cfg, _ = model_configs(config, 512, load_recipe(config))
+    data = config.to_dict()
+    for key in ("embedding_multiplier", "head_multiplier", "attention_scale"):
+        data["model"][key] = getattr(model_cfg, key)
+    return {**data, "resolved": {"device": "cpu"}, "plan": {"version": 1}}
+
+
+def _family(sweep_dir, recipe: str, optimizer: str, verdict: str, widths=(16, 32)) -> dict:
+    per_width = {}
+    for w in widths:
+        name = f"w{w}-{recipe}-{optimizer}"
+        (sweep_dir / "runs" / name).mkdir(parents=True)
+        (sweep_dir / "runs" / name / "config.yaml").write_text(
+            yaml.safe_dump(_run_config(recipe, optimizer, w), sort_keys=False))
+        best = {"lr": 0.003, "weight_decay": 0.2, "val_loss": 5.0, "run_id": f"{w:012d}", "run_dir": f"runs/{name}"}
+        per_width[str(w)] = {"best": best, "fit": {**FIT, "val_loss": 4.9, "method": "quadratic", "at_edge": w == 16},
+                             "ridge": [], "runs": 9, "completed": 9, "diverged": 0, "failed": 0,
+                             "sigma_max": 2.0, "gain": 1.5}
+    label = f"recipe={recipe} optimizer={optimizer} multipliers=row_col"
+    return {"label": label, "params": {"scaling.recipe": recipe, "optim.name": optimizer}, "recipe": recipe,
+            "optimizer": optimizer, "multipliers": "row_col", "base_width": 16, "lr_grid": [0.001, 0.003, 0.01],
+            "wd_grid": [0.05, 0.1, 0.2], "widths": list(widths), "per_width": per_width,
+            "transfer": {"lr_slope": 0.3 if verdict == "drifts" else 0.0, "wd_slope": 0.0,
+                         "lr_steps_per_doubling": None, "wd_steps_per_doubling": None, "verdict": verdict,
+                         "summary": f"the optimum {'moves' if verdict == 'drifts' else 'stays'} with width"}}
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    families = [_family(root, *f) for f in FAMILIES]
+    (root / "optima.json").write_text(json.dumps({"version": 1, "families": families}))
+    return root
+
+
+def _row(table: str, name: str) -> list[str]:
+    return next(line.split() for line in table.splitlines() if line.startswith(name + " "))
+
+
+def test_robust_transfer_to_4x_base_width(sweep_dir, tmp_path):
+    t = transfer_config(sweep_dir, 64, recipe="robust", optimizer="adamw")
+    assert (t.family, t.from_width, t.lr, t.weight_decay) == (
+        "recipe=robust optimizer=adamw multipliers=row_col", 32, 0.004, 0.1)
+    assert (t.verdict, t.warnings) == ("transfers", [])
+    c = t.config
+    assert (c.model.width, c.model.heads, c.model.kv_heads, c.scaling.base_width) == (64, 4, 4, 16)
+    assert (c.optim.lr, c.optim.weight_decay, c.train.seed) == (0.004, 0.1, 3)
+    assert c.model.head_multiplier is None and c.model.attention_scale is None  # resolved at 32, released
+    q = _row(t.plan_table, "blocks.0.attn.q_proj.weight")  # ... lr wd lr*wd: base lr / 4, base wd * 2
+    assert q[1] == "hidden" and q[-3:-1] == ["0.001", "0.2"]
+    assert _row(t.plan_table, "embed.weight")[-3:-1] == ["0.004", "0"]  # vector-like: lr kept, no decay
+    groups = [line.split() for line in t.plan_table.splitlines() if line.startswith("adamw ")]
+    assert ["hidden", "14", "4", "0.001", "0.2"] in [g[1:6] for g in groups]  # peak LR, not warmup's first step
+
+    out = write_transfer(t, tmp_path / "target.yaml")
+    text = out.read_text()
+    assert text.startswith("# widthwise transfer: train config for width 64\n")
+    assert "# from width 32" in text and "# verdict: transfers" in text and str(sweep_dir.resolve()) in text
+    loaded = load_config(out)
+    assert loaded == c
+    assert (loaded.model.width, loaded.optim.lr, loaded.optim.weight_decay, loaded.scaling.base_width) == (
+        64, 0.004, 0.1, 16)
+    model_cfg, _ = model_configs(loaded, 512, load_recipe(loaded))
+    assert model_cfg.head_multiplier == 0.25  # 1/m at the new width, not the 0.5 the width-32 run resolved
+
+
+def test_write_refuses_to_overwrite(sweep_dir, tmp_path):
+    t = transfer_config(sweep_dir, 64, recipe="robust", optimizer="adamw")
+    out = tmp_path / "target.yaml"
+    out.write_text("keep me\n")
+    with pytest.raises(SweepError, match="exists; pass --force"):
+        write_transfer(t, out)
+    assert out.read_text() == "keep me\n"
+    write_transfer(t, out, force=True)
+    assert load_config(out).model.width == 64
+
+
+def test_muon_family_lists_muon_groups(sweep_dir):
+    t = transfer_config(sweep_dir, 128, optimizer="muon")
+    assert t.config.optim.name == "muon"
+    muon = [line.split() for line in t.plan_table.splitlines() if line.startswith("muon ")]
+    # match_rms_adamw at m = 8: lr / sqrt(8), wd * sqrt(8)
+    assert muon and muon[0][1] == "hidden" and muon[0][4:6] == [f"{0.004 / 8**0.5:.4g}", f"{0.1 * 8**0.5:.4g}"]
+
+
+def test_drifting_family_warns_and_from_width(sweep_dir):
+    t = transfer_config(sweep_dir, 64, recipe="mup", from_width=16)
+    assert t.verdict == "drifts" and t.from_width == 16
+    text = " | ".join(t.warnings)
+    assert "not the family's widest (32)" in text
+    assert "verdict is 'drifts': the optimum moves with width" in text
+    assert "width^+0.30" in text and f"x{4**0.3:.3g}" in text
+    assert "edge of the grid" in text
+
+
+def test_family_selection_errors(sweep_dir):
+    with pytest.raises(SweepError, match="3 sweep families match: .*pick one with --recipe \\(mup, robust\\), "
+                                         "--optimizer \\(adamw, muon\\)"):
+        transfer_config(sweep_dir, 64)
+    with pytest.raises(SweepError, match="2 sweep families match recipe=robust: .*pick one with --optimizer"):
+        transfer_config(sweep_dir, 64, recipe="robust")
+    with pytest.raises(SweepError, match="no sweep family matches recipe=sp; the families are: 'recipe=robust"):
+        transfer_config(sweep_dir, 64, recipe="sp")
+    with pytest.raises(SweepError, match="--from-width 48: .*at widths 16, 32"):
+        transfer_config(sweep_dir, 64, recipe="mup", from_width=48)
+    t = transfer_config(sweep_dir, 64, family="recipe=robust optimizer=muon multipliers=row_col")
+    assert t.config.optim.name == "muon"
+
+
+def test_missing_optima_and_bad_widths(sweep_dir, tmp_path):
+    with pytest.raises(SweepError, match="optima.json: no such file; run `widthwise analyze"):
+        transfer_config(tmp_path, 64)
+    with pytest.raises(ConfigError, match="--width: 40 is not a positive multiple of the head dim 16"):
+        transfer_config(sweep_dir, 40, recipe="mup")
+    with pytest.raises(ConfigError, match="--width: 8 is not"):
+        transfer_config(sweep_dir, 8, recipe="mup")
+
+
+def test_config_from_results_when_the_run_dir_is_gone(sweep_dir, tmp_path, monkeypatch):
+    from widthwise.app.sweep import store
+
+    optima = json.loads((sweep_dir / "optima.json").read_text())
+    family = optima["families"][0]
+    best = family["per_width"]["32"]["best"]
+    del best["run_dir"]
+    (tmp_path / "optima.json").write_text(json.dumps({"version": 1, "families": [family]}))
+    with pytest.raises(SweepError, match="no run directory \\(none named\\) and its results cannot be read"):
+        transfer_config(tmp_path, 64)
+    config = yaml.safe_load((sweep_dir / "runs" / "w32-robust-adamw" / "config.yaml").read_text())
+    config = {k: v for k, v in config.items() if k not in ("plan", "resolved")}
+    monkeypatch.setattr(store, "read_results", lambda d: [{"run_id": best["run_id"], "config": config}])
+    t = transfer_config(tmp_path, 64)
+    assert (t.config.model.width, t.config.optim.lr, t.config.train.seed) == (64, 0.004, 3)
+    monkeypatch.setattr(store, "read_results", lambda d: [])
+    with pytest.raises(SweepError, match="nor a row in results.db"):
+        transfer_config(tmp_path, 64)

@@ -1,0 +1,48 @@
+"""Clipping leaves the multipliers out of the norm (arXiv 2601.04890, section 4.3)."""
+
+import torch
+
+import widthwise as ww
+
+from helpers import llama, tokens
+
+
+def _grads(model):
+    x = tokens()
+    model(x, labels=x).loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def test_norm_excludes_multipliers_and_leaves_their_grads():
+    model = llama(64)
+    ww.add_multipliers(model)
+    grads = _grads(model)
+    mult_ids = {id(p) for p in ww.multiplier_parameters(model)}
+    others = [p for p in model.parameters() if id(p) not in mult_ids]
+    expected = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in others]))
+    total = ww.clip_grad_norm_(model, max_norm=1e-3)
+    torch.testing.assert_close(total, expected)
+    for n, p in model.named_parameters():
+        if id(p) in mult_ids:
+            assert torch.equal(p.grad, grads[n]), n  # untouched
+        else:
+            torch.testing.assert_close(p.grad, grads[n] * (1e-3 / (expected + 1e-6)), msg=n)
+
+
+def test_optional_separate_multiplier_clipping():
+    model = llama(64)
+    ww.add_multipliers(model)
+    _grads(model)
+    ww.clip_grad_norm_(model, 1e9, multiplier_max_norm=1e-4)
+    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in ww.multiplier_parameters(model)]))
+    assert norm.item() <= 1.0001e-4
+
+
+def test_without_multipliers_equals_torch():
+    a = llama(64)
+    b = llama(64)
+    _grads(a)
+    _grads(b)
+    torch.testing.assert_close(ww.clip_grad_norm_(a, 0.5), torch.nn.utils.clip_grad_norm_(b.parameters(), 0.5))
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pa.grad, pb.grad)

@@ -1,0 +1,52 @@
+"""TrainingDiagnostics: one record per call, drift warnings once, TensorBoard scalars pooled by layer type."""
+
+from __future__ import annotations
+
+import torch
+
+from widthwise.app.config import load_config
+from widthwise.app.setup import build
+from widthwise.diagnostics.monitor import TrainingDiagnostics
+
+
+def _built():
+    return build(load_config("tiny"), 300, torch.device("cpu"))
+
+
+def test_record_holds_every_matrix_and_the_optimizers_real_lr_wd():
+    built = _built()
+    batch = torch.randint(0, 300, (2, 16), generator=torch.Generator().manual_seed(0))
+    record, scalars, warnings = TrainingDiagnostics(built.model, built.optimizer, batch).measure(7)
+    assert record["step"] == 7 and warnings == [] and record["warnings"] == []
+    q = record["matrices"]["blocks.0.attn.q_proj.weight"]
+    group = next(g for g in built.optimizer.param_groups if "blocks.0.attn.q_proj.weight" in g["names"])
+    assert (q["lr"], q["weight_decay"]) == (group["lr"], group["weight_decay"])
+    assert q["sigma_max"] > 0 and q["sublayer_gain"] > 0 and q["equilibrium_ratio"] > 0
+    # at init the multipliers are 1, yet the record already has the keys of a model with multipliers
+    assert q["sigma_max_stored"] == q["sigma_max"] and q["rms_effective"] == q["rms"]
+    assert "sigma_max_stored" not in record["matrices"]["head.weight"]  # the head has none
+    assert set(record["blocks"]) == {"blocks.0.attn", "blocks.0.mlp", "blocks.1.attn", "blocks.1.mlp"}
+    mean_q = (q["sigma_max"] + record["matrices"]["blocks.1.attn.q_proj.weight"]["sigma_max"]) / 2
+    assert abs(scalars["sigma_max"]["attn.q_proj"] - mean_q) < 1e-9
+    assert "qk.blocks.0.attn" in scalars["symmetry"]
+
+
+def test_without_batch_or_optimizer_the_rest_is_still_measured():
+    built = _built()
+    record, _, _ = TrainingDiagnostics(built.model, spectra=False).measure(0)
+    q = record["matrices"]["blocks.0.attn.q_proj.weight"]
+    assert "sigma_max" not in q and "sublayer_gain" not in q and "lr" not in q and q["rms"] > 0
+    assert "blocks" not in record and record["multipliers"]
+
+
+def test_a_drift_warning_is_reported_once_then_stays_in_the_records():
+    built = _built()
+    monitor = TrainingDiagnostics(built.model, built.optimizer, drift_threshold=3.0)
+    attn = built.model.blocks[0].attn
+    with torch.no_grad():
+        attn.q_proj.parametrizations.weight[0].row.mul_(8.0)
+        attn.k_proj.parametrizations.weight[0].row.div_(8.0)
+    record, _, new = monitor.measure(10)
+    assert len(new) == 1 and "qk.blocks.0.attn" in new[0] and record["warnings"] == new
+    record, _, new = monitor.measure(20)
+    assert new == [] and len(record["warnings"]) == 1
