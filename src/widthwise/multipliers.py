@@ -22,6 +22,8 @@ from .roles import ParamSite, Role, classify, matrix_axes, name_parts, parameter
 from .width import base_shapes
 
 PLACEMENTS = ("all", "symmetry_free")
+#: Weight decay on every multiplier (arXiv 2601.04890, section 4.3): without it they drift along symmetries.
+DEFAULT_MULTIPLIER_WD = 2e-3
 
 #: LLaMA-style slot -> regex on a matrix's module name (its last component). Override with ``name_map``.
 DEFAULT_NAME_MAP: dict[str, str] = {

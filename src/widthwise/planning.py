@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from . import rules
+from .multipliers import DEFAULT_MULTIPLIER_WD
 from .recipes import Recipe, get_recipe, role_scaling
 from .roles import ParamSite, Role, classify, declared_head, matrix_axes, parameter_sites, unwrap
 from .width import base_shapes, check_same_parameters, width_multiplier
@@ -80,7 +81,7 @@ class Plan:
         return [name for name, p in self.params.items() if p.role == Role(role)]
 
     def table(self, lr: float | None = None, weight_decay: float | None = None,
-              multiplier_weight_decay: float = 2e-3) -> str:
+              multiplier_weight_decay: float = DEFAULT_MULTIPLIER_WD) -> str:
         """The plan as a text table; with ``lr``/``weight_decay`` (base values) also the absolute values."""
         header = ["name", "role", "shape", "width x", "lr x", "wd x", "lr*wd x", "init std"]
         absolute = lr is not None and weight_decay is not None

@@ -9,8 +9,8 @@ import torch
 
 from widthwise.app.bench.runner import TARGETS, bench_plan
 from widthwise.app.bench.sessions import PlainLoop, Setting, bench_config, session
-from widthwise.app.config import ConfigError
 from widthwise.cli import main
+from widthwise.errors import ConfigError
 
 TINY = ["tiny", "--widths", "64,32", "--batch-size", "2", "--seq-len", "16", "--reps", "2", "--rounds", "1",
         "--threads", "1", "--quiet", "--set", "model.kv_heads=2", "--set", "scaling.base_width=32"]

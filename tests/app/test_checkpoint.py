@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from widthwise.app import checkpoint as ck
-from widthwise.app.checkpoint import Checkpoint, CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from widthwise.app.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
+from widthwise.errors import CheckpointError
 
 
 def _ckpt(step: int) -> Checkpoint:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from widthwise.app.config import Config, ConfigError, apply_overrides, builtin_names, load_config, parse_override
+from widthwise.app.config import Config, apply_overrides, builtin_names, load_config, parse_override
+from widthwise.errors import ConfigError
 
 
 def test_builtins_load_and_defaults_follow_the_papers():

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from widthwise.app.config import ConfigError, load_config
+from widthwise.app.config import load_config
 from widthwise.app.coord_check import (
     ACTIVATIONS,
     CoordCheck,
@@ -21,6 +21,7 @@ from widthwise.app.coord_check import (
     heads_at,
 )
 from widthwise.cli import main
+from widthwise.errors import ConfigError
 
 SMALL = (32, 64, 128)
 GROWING = ("attn_out", "mlp_out", "last_hidden", "logits")

@@ -7,10 +7,11 @@ import math
 import pytest
 import torch
 
-from widthwise.app.config import ConfigError, load_config
+from widthwise.app.config import load_config
 from widthwise.app.setup import build, load_recipe, model_configs
 from widthwise.diagnostics.multiplier_stats import multiplier_stats
 from widthwise.diagnostics.naming import layer_type
+from widthwise.errors import ConfigError
 
 
 def test_base_keeps_head_dim_and_ffn_scales_exactly():

@@ -7,10 +7,10 @@ import json
 import pytest
 import yaml
 
-from widthwise.app.config import ConfigError, apply_overrides, load_config
+from widthwise.app.config import apply_overrides, load_config
 from widthwise.app.setup import at_width, load_recipe, model_configs
-from widthwise.app.sweep.spec import SweepError
 from widthwise.app.transfer import transfer_config, write_transfer
+from widthwise.errors import ConfigError, SweepError
 
 FIT = {"lr": 0.004, "weight_decay": 0.1}  # base values of every family's fit; best points differ from them
 FAMILIES = [("robust", "adamw", "transfers"), ("mup", "adamw", "drifts"), ("robust", "muon", "transfers")]

@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..diagnostics.equilibrium import relaxation_steps
+from ..errors import ConfigError
 from .analysis.calibration import calibrate_rows, recipe_exponents, write_calibration
-from .config import Config, ConfigError, parse_override
+from .config import Config, parse_override
 from .setup import load_recipe
 from .sweep.driver import run_sweep
 from .sweep.spec import SweepSpec, base_config

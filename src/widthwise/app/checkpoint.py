@@ -21,14 +21,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..errors import CheckpointError
 from .atomic import atomic_write_text, fsync_dir
 
 CHECKPOINT_VERSION = 1
 LATEST = "latest"
-
-
-class CheckpointError(ValueError):
-    """A missing, incomplete or incompatible checkpoint; one line naming the file."""
 
 
 @dataclass

@@ -19,11 +19,10 @@ from typing import Any, get_args, get_origin
 
 import yaml
 
+from ..errors import ConfigError
+from ..multipliers import DEFAULT_MULTIPLIER_WD
+
 MULTIPLIER_KINDS = ("none", "scalar", "row", "col", "row_col")
-
-
-class ConfigError(ValueError):
-    """A bad configuration; the message is one line naming the field."""
 
 
 @dataclass
@@ -74,7 +73,7 @@ class MultipliersConfig:
     kind: str = "row_col"
     placement: str | list[str] = "all"
     lr: float | None = None
-    weight_decay: float = 2e-3
+    weight_decay: float = DEFAULT_MULTIPLIER_WD
     init: float = 1.0
     absorb_forward: bool = False
     max_norm: float | None = None

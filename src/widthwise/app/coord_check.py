@@ -34,9 +34,10 @@ from tqdm.auto import tqdm
 from ..diagnostics.gains import gain_summary, sublayer_gains
 from ..diagnostics.naming import block_index, pool_by_layer_type
 from ..diagnostics.spectra import top_singular_values
+from ..errors import ConfigError
 from ..recipes import PRESETS
 from .atomic import atomic_savefig, atomic_write_text
-from .config import Config, ConfigError, apply_overrides, load_config
+from .config import Config, apply_overrides, load_config
 from .data import BatchSampler, TokenData, validation_batches
 from .setup import Built, apply_update, build, config_device, head_dim, heads_at, load_data, load_recipe, model_configs
 

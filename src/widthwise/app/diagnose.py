@@ -35,9 +35,10 @@ ABM_SHAPE = (128, 128)
 def diagnose(run_dir: Path, *, step: int | None = None, sequences: int = 16, plots: bool = True,
              log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Measure the run's checkpoint (the latest, or ``step``), write ``diagnostics.json`` and plots; return it."""
+    from ..errors import RunError
     from .checkpoint import latest_checkpoint, load_checkpoint
     from .config import apply_overrides
-    from .trainer import RunError, _Run, read_run_config
+    from .trainer import _Run, read_run_config
 
     run_dir = Path(run_dir)
     log = log or (lambda msg: None)

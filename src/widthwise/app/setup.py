@@ -19,6 +19,7 @@ import yaml
 from torch import nn
 
 from ..clipping import clip_grad_norm_
+from ..errors import ConfigError
 from ..initialization import init_weights
 from ..models.llama import Llama, LlamaConfig, forward_multipliers
 from ..multipliers import add_multipliers
@@ -26,7 +27,7 @@ from ..optim.build import build_optimizer
 from ..planning import Plan, plan
 from ..recipes import Recipe, get_recipe
 from ..schedules import lr_schedule
-from .config import Config, ConfigError, apply_overrides
+from .config import Config, apply_overrides
 from .data import TokenData, prepare_data
 from .runtime import resolve_device
 

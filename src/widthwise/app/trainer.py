@@ -28,12 +28,13 @@ from tqdm.auto import tqdm
 
 from ..diagnostics.monitor import TrainingDiagnostics
 from ..diagnostics.multiplier_stats import multiplier_stats
+from ..errors import EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_OK, CheckpointError, ConfigError, RunError
 from ..optim.build import muon_ns_dtype
 from ..schedules import ScheduleRatio
 from .atomic import atomic_write_text
-from .checkpoint import Checkpoint, CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
-from .config import Config, ConfigError, apply_overrides, from_dict, yaml_line
-from .data import BatchSampler, DataError, TokenData, validation_batches
+from .checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import Config, apply_overrides, from_dict, yaml_line
+from .data import BatchSampler, TokenData, validation_batches
 from .metrics import MetricsLog, json_safe, read_metrics
 from .runtime import Runtime, resolve_runtime
 from .setup import Built, apply_update, build, config_device, load_data, resolved_config
@@ -41,7 +42,6 @@ from .setup import Built, apply_update, build, config_device, load_data, resolve
 if TYPE_CHECKING:
     from torch import nn
 
-EXIT_OK, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 2, 3, 130
 #: Keys a resume may change: the length of the run and how it is observed, not what it computes.
 RESUMABLE_KEYS = ("train.steps", "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints",
                   "train.log_every", "train.progress", "train.plots", "train.tensorboard", "train.sample_tokens",
@@ -49,10 +49,6 @@ RESUMABLE_KEYS = ("train.steps", "train.eval_every", "train.checkpoint_every", "
                   "data.cache_dir", "diagnostics.every", "diagnostics.spectra", "diagnostics.gains",
                   "diagnostics.gain_sequences", "diagnostics.drift_threshold")
 FINAL_LOSS_WINDOW = 10
-
-
-class RunError(ValueError):
-    """A run directory that cannot be used (exists already, missing, corrupt); one line."""
 
 
 @dataclass
@@ -437,6 +433,4 @@ def generate_sample(session: _Run) -> str:
     return tok.decode(out[0].tolist()).replace("<|endoftext|>", "\n").strip()
 
 
-__all__ = ["EXIT_BAD_INPUT", "EXIT_DIVERGED", "EXIT_INTERRUPTED", "EXIT_OK", "CheckpointError", "ConfigError",
-           "DataError", "Result", "RunError", "read_metrics", "read_run_config", "resume", "start",
-           "unique_state_dict"]
+__all__ = ["Result", "read_metrics", "read_run_config", "resume", "start", "unique_state_dict"]

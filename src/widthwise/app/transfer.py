@@ -17,10 +17,10 @@ from typing import Any
 import torch
 import yaml
 
+from ..errors import ConfigError, SweepError
 from .atomic import atomic_write_text
-from .config import Config, ConfigError, apply_overrides, from_dict
+from .config import Config, apply_overrides, from_dict
 from .setup import at_width, build, load_recipe, model_configs
-from .sweep.spec import SweepError
 
 #: Flags of ``widthwise transfer`` that pick a family, with the optima.json field each one matches.
 FAMILY_FLAGS = {"recipe": "--recipe", "optimizer": "--optimizer", "multipliers": "--multipliers"}
@@ -95,7 +95,8 @@ def _pick_width(family: dict[str, Any], from_width: int | None) -> int:
 
 def _source_config(sweep_dir: Path, best: dict[str, Any]) -> Config:
     """The config of the run ``best`` names: its run dir's config.yaml, else its row in results.db."""
-    from .trainer import RunError, read_run_config
+    from ..errors import RunError
+    from .trainer import read_run_config
 
     run_dir = best.get("run_dir")
     if run_dir:

@@ -9,13 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from ..app.checkpoint import CheckpointError
-from ..app.config import ConfigError, builtin_names, load_config
-from ..app.data import DataError
-from ..app.sweep.spec import SweepError
-from ..app.trainer import EXIT_BAD_INPUT, RunError
-
-USER_ERRORS = (ConfigError, DataError, CheckpointError, RunError, SweepError)
+from ..app.config import builtin_names, load_config
+from ..errors import EXIT_BAD_INPUT, RunError, WidthwiseError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -370,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _diagnose(args)
         if args.command in _SWEEP_COMMANDS:
             return _SWEEP_COMMANDS[args.command](args)
-    except USER_ERRORS as err:
+    except WidthwiseError as err:
         message = " ".join(str(err).split())  # one line, whatever the message
         print(f"widthwise: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -10,13 +10,13 @@ from torch import nn
 from torch.optim import AdamW, Optimizer
 
 from ..forward import missing_forward_multipliers
+from ..multipliers import DEFAULT_MULTIPLIER_WD
 from ..planning import Plan
 from ..recipes import muon_scaling
 from ..roles import Role, parameter_sites
 from .muon import NS_DTYPES, BatchedMuon
 
 OPTIMIZERS = ("adamw", "muon")
-DEFAULT_MULTIPLIER_WD = 2e-3  # arXiv 2601.04890, section 4.3: without it multipliers drift along symmetries
 
 
 class CombinedOptimizer(Optimizer):

@@ -290,7 +290,7 @@ def test_analyze_end_to_end(tmp_path):
 
 
 def test_analyze_without_plots_and_errors(tmp_path):
-    from widthwise.app.sweep.spec import SweepError
+    from widthwise.errors import SweepError
 
     out = analyze(tmp_path, rows=family_rows((32,), lambda w: 1e-3), plots=False)
     assert out["plots"] == [] and not (tmp_path / "plots").exists() and "![" not in (tmp_path / "report.md").read_text()

@@ -20,7 +20,7 @@ from widthwise.app.analysis.calibration import (
 )
 from widthwise.app.config import apply_overrides, load_config
 from widthwise.app.setup import at_width, load_recipe
-from widthwise.app.sweep.spec import SweepError
+from widthwise.errors import SweepError
 
 LAYERS = ("attn.q_proj", "attn.o_proj", "mlp.down_proj")
 

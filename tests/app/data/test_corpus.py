@@ -5,8 +5,9 @@ import json
 import pytest
 
 import widthwise.app.data.corpus as corpus_module
-from widthwise.app.data import DataError, Document, corpus_fingerprint, load_documents
+from widthwise.app.data import Document, corpus_fingerprint, load_documents
 from widthwise.app.data.corpus import clean_play
+from widthwise.errors import DataError
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from widthwise.app.data import BatchSampler, DataError, validation_batches
+from widthwise.app.data import BatchSampler, validation_batches
+from widthwise.errors import DataError
 
 
 def stream(n: int) -> np.ndarray:

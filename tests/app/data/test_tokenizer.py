@@ -7,8 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import widthwise.app.data.tokenizer as tokenizer_module
-from widthwise.app.data import EOS, DataError, Document, corpus_fingerprint, load_documents, load_tokenizer
+from widthwise.app.data import EOS, Document, corpus_fingerprint, load_documents, load_tokenizer
 from widthwise.app.data.tokenizer import text_pieces
+from widthwise.errors import DataError
 
 
 @pytest.fixture(scope="module")

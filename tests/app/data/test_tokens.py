@@ -9,8 +9,9 @@ import pytest
 
 import widthwise.app.data.tokenizer as tokenizer_module
 import widthwise.app.data.tokens as tokens_module
-from widthwise.app.data import DataError, Document, load_documents, prepare_data, split_documents
+from widthwise.app.data import Document, load_documents, prepare_data, split_documents
 from widthwise.app.data.tokens import token_dtype
+from widthwise.errors import DataError
 
 
 @pytest.fixture(scope="module")

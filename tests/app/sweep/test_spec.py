@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from widthwise.app.config import ConfigError, load_config
-from widthwise.app.sweep.spec import SweepError, expand, load_sweep, parse_sweep, run_id, run_name
+from widthwise.app.config import load_config
+from widthwise.app.sweep.spec import expand, load_sweep, parse_sweep, run_id, run_name
+from widthwise.errors import ConfigError, SweepError
 
 GRID = {"model.width": [32, 64], "optim.lr": [1e-2, 3e-2], "scaling.recipe": ["sp", "robust"]}
 

@@ -8,8 +8,9 @@ import sqlite3
 
 import pytest
 
-from widthwise.app.sweep.spec import SweepError, expand, parse_sweep
+from widthwise.app.sweep.spec import expand, parse_sweep
 from widthwise.app.sweep.store import ResultsDB, read_results
+from widthwise.errors import SweepError
 
 
 @pytest.fixture

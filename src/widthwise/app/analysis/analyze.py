@@ -443,7 +443,7 @@ def compute_optima(families: Sequence[Family]) -> dict[str, Any]:
 
 def check_analyzable(rows: Sequence[Mapping[str, Any]], where: str) -> None:
     """Raise ``SweepError`` unless some run completed and the LR takes two or more values."""
-    from ..sweep.spec import SweepError
+    from ...errors import SweepError
 
     if not any(r.get("status") == "completed" for r in rows):
         counts = _status_counts(rows)

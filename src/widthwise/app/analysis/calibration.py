@@ -21,11 +21,12 @@ from typing import Any
 import yaml
 
 from ...diagnostics.naming import sort_layer_types
+from ...errors import SweepError
 from ...recipes import Recipe, muon_scaling
 from ..atomic import atomic_savefig, atomic_write_text
 from ..config import from_dict
 from ..setup import load_recipe
-from ..sweep.spec import RUNTIME_KEYS, SweepError
+from ..sweep.spec import RUNTIME_KEYS
 
 #: ``metric`` -> (pooled row key, per-layer-type key) of a sweep result row.
 METRICS = {"sigma_max": ("sigma_max", "sigma_max"), "gain": ("gain", "sublayer_gain")}

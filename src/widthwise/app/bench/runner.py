@@ -20,8 +20,8 @@ import torch._dynamo
 from tqdm.auto import tqdm
 
 from ... import __version__
+from ...errors import ConfigError
 from ..atomic import atomic_write_text
-from ..config import ConfigError
 from .figures import measure_point, muon_optimizer
 from .sessions import MODES, Setting, bench_config, session
 from .timing import load_average, machine

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import torch
 
+from ...errors import ConfigError
 from ...hardware import bf16_is_fast
-from ..config import Config, ConfigError, apply_overrides, load_config
+from ..config import Config, apply_overrides, load_config
 from ..runtime import resolve_device
 from ..setup import at_width, build
 from ..trainer import _Run

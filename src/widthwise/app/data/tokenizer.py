@@ -15,8 +15,9 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from ...errors import DataError
 from ..atomic import atomic_write_text
-from .corpus import DataError, Document, corpus_fingerprint
+from .corpus import Document, corpus_fingerprint
 
 EOS = "<|endoftext|>"
 MIN_VOCAB = 257  # 256 bytes + <|endoftext|>

@@ -30,8 +30,9 @@ import numpy as np
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
+from ...errors import DataError
 from ..atomic import fsync_dir
-from .corpus import DataError, Document, corpus_fingerprint, load_documents
+from .corpus import Document, corpus_fingerprint, load_documents
 from .tokenizer import EOS, LARGE_CORPUS_CHARS, check_vocab_size, load_tokenizer, make_cache_dir, text_pieces
 
 FORMAT = 1

@@ -22,16 +22,14 @@ from typing import Any
 import yaml
 from tqdm.auto import tqdm
 
+from ...errors import EXIT_BAD_INPUT, EXIT_BUSY, EXIT_DIVERGED, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, SweepError
 from ..atomic import atomic_write_text
 from ..setup import load_data
-from ..trainer import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_OK
 from .executors import Job, check_executor, make_executor
-from .spec import Point, SweepError, SweepSpec, expand, parse_sweep
+from .spec import Point, SweepSpec, expand, parse_sweep
 from .store import FINAL, ResultsDB, db_path
-from .worker import EXIT_BUSY
 
 MAX_ATTEMPTS = 3
-EXIT_FAILED_RUNS = 1  # also what a worker's uncaught exception exits with
 
 
 @dataclass
@@ -171,7 +169,7 @@ def _record(db: ResultsDB, job: Job, code: int, result: dict[str, Any] | None, l
     if code in (EXIT_OK, EXIT_DIVERGED) and result is not None:
         db.record(run_id, result)
         return False
-    if code in (EXIT_BAD_INPUT, EXIT_FAILED_RUNS) or (code in (EXIT_OK, EXIT_DIVERGED) and result is None):
+    if code in (EXIT_BAD_INPUT, EXIT_FAILED) or (code in (EXIT_OK, EXIT_DIVERGED) and result is None):
         error = _log_tail(job.log) or f"worker exited with code {code}"
         db.record(run_id, {"status": "failed", "error": error})
         log(f"widthwise: run {job.point.name} failed: {error} (log: {job.log})")
@@ -215,4 +213,4 @@ def _finish(db: ResultsDB, points: list[Point], out: Path, started: float, ran: 
         f"{counts['failed']} failed ({ran} run now, {wall:.0f} s); results in {db_path(out)}")
     for name in failed:
         log(f"widthwise:   failed: {name} (log: {out / 'logs' / (name + '.log')})")
-    return SweepResult(counts, failed, wall, EXIT_FAILED_RUNS if failed else EXIT_OK, ran)
+    return SweepResult(counts, failed, wall, EXIT_FAILED if failed else EXIT_OK, ran)

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .spec import Point, SweepError
+from ...errors import SweepError
+from .spec import Point
 from .worker import collect_result
 
 EXECUTORS = ("local", "ray")

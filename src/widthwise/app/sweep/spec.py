@@ -27,7 +27,8 @@ from typing import Any
 
 import yaml
 
-from ..config import Config, ConfigError, apply_overrides, builtin_names, load_config, parse_override, yaml_line
+from ...errors import ConfigError, SweepError
+from ..config import Config, apply_overrides, builtin_names, load_config, parse_override, yaml_line
 from ..setup import at_width, plan_for
 
 SWEEP_KEYS = ("base", "grid", "set", "seeds")
@@ -35,10 +36,6 @@ SWEEP_KEYS = ("base", "grid", "set", "seeds")
 RUNTIME_KEYS = ("train.progress", "train.threads", "data.cache_dir")
 #: Short labels of common grid keys in run directory names.
 _SHORT = {"model.width": "w", "optim.lr": "lr", "optim.weight_decay": "wd", "train.seed": "s"}
-
-
-class SweepError(ValueError):
-    """A sweep file or sweep directory that cannot be used; the message is one line naming what is wrong."""
 
 
 @dataclass(frozen=True)

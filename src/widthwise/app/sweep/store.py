@@ -15,7 +15,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .spec import Point, SweepError
+from ...errors import SweepError
+from .spec import Point
 
 STATUSES = ("pending", "running", "completed", "diverged", "failed")
 FINAL = ("completed", "diverged", "failed")

@@ -23,7 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-EXIT_BUSY = 75  # EX_TEMPFAIL: another process holds the run
+from ...errors import EXIT_BAD_INPUT, EXIT_BUSY, WidthwiseError
+
 _PR_SET_PDEATHSIG = 1
 
 
@@ -58,7 +59,6 @@ def die_with_parent(parent: int | None) -> None:
 
 def train_point(config_data: dict[str, Any], run_dir: Path, threads: int) -> int:
     """Start or resume the run of ``config_data`` in ``run_dir`` with ``threads`` threads; the exit code."""
-    from ...cli import USER_ERRORS
     from .. import trainer
     from ..config import apply_overrides, from_dict
 
@@ -75,9 +75,9 @@ def train_point(config_data: dict[str, Any], run_dir: Path, threads: int) -> int
                     shutil.rmtree(run_dir)
                 config = apply_overrides(from_dict(config_data), runtime)
                 result = trainer.start(config, run_dir)
-        except USER_ERRORS as err:
+        except WidthwiseError as err:
             print(f"widthwise: error: {' '.join(str(err).split())}", file=sys.stderr)
-            return trainer.EXIT_BAD_INPUT
+            return EXIT_BAD_INPUT
         return result.exit_code
 
 
