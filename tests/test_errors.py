@@ -30,7 +30,8 @@ def test_errors_and_exit_codes_are_defined_only_in_the_errors_module():
             isinstance(b, ast.Name) and (b.id.endswith(("Error", "Exception"))) for b in node.bases
         ):
             misplaced.append(f"{where}: class {node.name}")
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        targets = node.targets if isinstance(node, ast.Assign) else []
+        targets += [node.target] if isinstance(node, ast.AnnAssign) else []
         for t in targets:
             names = [e.id for e in t.elts] if isinstance(t, ast.Tuple) else [getattr(t, "id", "")]
             misplaced += [f"{where}: {n}" for n in names if n.startswith("EXIT_")]
