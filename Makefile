@@ -31,8 +31,10 @@ demo: install
 	fi
 	$(PY) -m widthwise diagnose $(DEMO_DIR)
 
+# ruff, then the layer contracts of pyproject.toml (cli > app > diagnostics | optim > core; models stand alone).
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 # The whole suite, slow checks included.
 test: lint

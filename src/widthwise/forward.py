@@ -10,11 +10,15 @@ output is), and the query projection's weight and bias by ``s`` (so ``q.k/sqrt(d
 
 from __future__ import annotations
 
+import math
+
 from torch import nn
 from torch.nn.utils import parametrize
 
+from . import rules
 from .parametrizations import FixedScale, attach
 from .planning import ForwardMultiplier, Plan
+from .recipes import Recipe, get_recipe
 from .roles import unwrap
 
 
@@ -57,3 +61,22 @@ def missing_forward_multipliers(model: nn.Module, plan: Plan) -> list[ForwardMul
     """The plan's forward multipliers that ``model`` does not carry."""
     return [fm for fm in plan.forward_multipliers
             if any(_installed(_get_module(model, fm), t, fm.kind) is None for t in fm.tensors)]
+
+
+def named_forward_multipliers(
+    recipe: str | Recipe, width: int, base_width: int, head_dim: int, base_head_dim: int
+) -> dict[str, float]:
+    """The recipe's forward multipliers as the named floats of a model config (Falcon-H1 style): the fields
+    ``embedding_multiplier``, ``head_multiplier`` and ``attention_scale`` of :class:`widthwise.models.LlamaConfig`.
+
+    ``head_multiplier = rules.output_multiplier(width / base_width, recipe.output_exponent)`` and
+    ``attention_scale = rules.attention_query_multiplier(head_dim, base_head_dim, recipe.attention_scale)
+    / sqrt(head_dim)``: the query multiplier the library would put on ``q_proj``, folded into the scale.
+    """
+    recipe = get_recipe(recipe)
+    query = rules.attention_query_multiplier(head_dim, base_head_dim, recipe.attention_scale)
+    return {
+        "embedding_multiplier": 1.0,
+        "head_multiplier": rules.output_multiplier(width / base_width, recipe.output_exponent),
+        "attention_scale": query / math.sqrt(head_dim),
+    }

@@ -1,12 +1,13 @@
 """Fixed forward multipliers on any model: head 1/m and muP's 1/d_head attention."""
 
 import copy
+import math
 
 import pytest
 import torch
 
 import widthwise as ww
-from widthwise.forward import missing_forward_multipliers
+from widthwise.forward import missing_forward_multipliers, named_forward_multipliers
 
 from helpers import llama, mlp
 
@@ -89,3 +90,17 @@ def test_attention_without_head_dim_is_refused():
         ww.plan(Attention(), recipe="mup")
     assert ww.plan(Attention(), recipe="mup", attention_scale="standard").forward_multipliers == []
     assert ww.plan(Attention(), recipe="mup", forward_multipliers=False).forward_multipliers == []
+
+
+def test_named_forward_multipliers_follow_the_recipe():
+    sp = named_forward_multipliers("sp", 256, 64, head_dim=32, base_head_dim=32)
+    assert sp == {"embedding_multiplier": 1.0, "head_multiplier": 1.0, "attention_scale": 1 / math.sqrt(32)}
+    for name in ("mup", "robust"):
+        fixed = named_forward_multipliers(ww.get_recipe(name), 256, 64, head_dim=32, base_head_dim=32)
+        assert fixed == {"embedding_multiplier": 1.0, "head_multiplier": 0.25, "attention_scale": 1 / math.sqrt(32)}
+        grown = named_forward_multipliers(name, 256, 64, head_dim=128, base_head_dim=32)
+        assert grown["head_multiplier"] == 0.25
+        assert grown["attention_scale"] == pytest.approx(math.sqrt(32) / 128)  # sqrt(d_base) / d_head
+    exact = named_forward_multipliers(ww.get_recipe("mup", attention_scale="mup_exact"), 128, 64, 64, 32)
+    assert exact["attention_scale"] == pytest.approx(1 / 64)
+    assert named_forward_multipliers("sp", 256, 64, 128, 32)["attention_scale"] == pytest.approx(1 / math.sqrt(128))

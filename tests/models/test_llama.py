@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 import widthwise as ww
 from widthwise import Role
-from widthwise.models import Llama, LlamaConfig, forward_multipliers
+from widthwise.forward import named_forward_multipliers
+from widthwise.models import Llama, LlamaConfig
 
 from helpers import tokens
 
@@ -176,7 +177,7 @@ def test_tied_model_skips_embedding_and_plans():
 
 
 def test_native_multipliers_equal_the_library_ones():
-    """Config fields from ``forward_multipliers`` == widthwise's own FixedScale multipliers on the plain model."""
+    """Config fields from ``named_forward_multipliers`` == widthwise's own FixedScale multipliers on the plain model."""
     kw = {"heads": 2, "kv_heads": 1, "ffn_mult": 3.0}  # head_dim 32 at width 64 -> 64 at width 128
     plain = model(128, **kw)
     randomize(plain)
@@ -184,25 +185,11 @@ def test_native_multipliers_equal_the_library_ones():
     plan = ww.plan(plain, base=model(64, meta=True, **kw), recipe="robust")
     assert {f.module for f in plan.forward_multipliers} == {"head", "blocks.0.attn.q_proj", "blocks.1.attn.q_proj"}
     ww.apply_forward_multipliers(plain, plan)
-    native = model(128, **kw, **forward_multipliers("robust", 128, 64, head_dim=64, base_head_dim=32))
+    native = model(128, **kw, **named_forward_multipliers("robust", 128, 64, head_dim=64, base_head_dim=32))
     native.load_state_dict(state)
     x = ids()
     with torch.no_grad():
         torch.testing.assert_close(native(x), plain(x), atol=1e-5, rtol=1e-5)
-
-
-def test_forward_multipliers_helper_values():
-    sp = forward_multipliers("sp", 256, 64, head_dim=32, base_head_dim=32)
-    assert sp == {"embedding_multiplier": 1.0, "head_multiplier": 1.0, "attention_scale": 1 / math.sqrt(32)}
-    for name in ("mup", "robust"):
-        fixed = forward_multipliers(ww.get_recipe(name), 256, 64, head_dim=32, base_head_dim=32)
-        assert fixed == {"embedding_multiplier": 1.0, "head_multiplier": 0.25, "attention_scale": 1 / math.sqrt(32)}
-        grown = forward_multipliers(name, 256, 64, head_dim=128, base_head_dim=32)
-        assert grown["head_multiplier"] == 0.25
-        assert grown["attention_scale"] == pytest.approx(math.sqrt(32) / 128)  # sqrt(d_base) / d_head
-    exact = forward_multipliers(ww.get_recipe("mup", attention_scale="mup_exact"), 128, 64, 64, 32)
-    assert exact["attention_scale"] == pytest.approx(1 / 64)
-    assert forward_multipliers("sp", 256, 64, 128, 32)["attention_scale"] == pytest.approx(1 / math.sqrt(128))
 
 
 # --- forward multipliers, validation ----------------------------------------------------------------------------

@@ -7,7 +7,7 @@ blocks, no biases), with three named forward multipliers in the spirit of Falcon
 - ``head_multiplier``: ``logits = head(norm(h)) * head_multiplier`` (muP's ``1/m`` lives here);
 - ``attention_scale``: the scale of ``q.k`` inside softmax (``None`` is ``1/sqrt(head_dim)``).
 
-:func:`forward_multipliers` computes them from a recipe, so a trainer plans with
+:func:`widthwise.forward.named_forward_multipliers` computes them from a recipe, so a trainer plans with
 ``ww.plan(model, base, recipe, forward_multipliers=False)`` and the library installs none of its own.
 
 The constructor leaves PyTorch's default initialisation: the recipe's init comes from the plan
@@ -24,10 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import rules
-from ..recipes import Recipe, get_recipe
-
-__all__ = ["MLP", "Attention", "Block", "Llama", "LlamaConfig", "RMSNorm", "forward_multipliers"]
+__all__ = ["MLP", "Attention", "Block", "Llama", "LlamaConfig", "RMSNorm"]
 
 
 @dataclass
@@ -85,24 +82,6 @@ class LlamaConfig:
             number = isinstance(value, (int, float)) and not isinstance(value, bool)
             if not (number and math.isfinite(value) and value > 0):
                 raise ValueError(f"model.{f}: must be a positive finite number, got {value!r}")
-
-
-def forward_multipliers(
-    recipe: str | Recipe, width: int, base_width: int, head_dim: int, base_head_dim: int
-) -> dict[str, float]:
-    """The recipe's forward multipliers as :class:`LlamaConfig` fields, from :mod:`widthwise.rules`.
-
-    ``head_multiplier = rules.output_multiplier(width / base_width, recipe.output_exponent)`` and
-    ``attention_scale = rules.attention_query_multiplier(head_dim, base_head_dim, recipe.attention_scale)
-    / sqrt(head_dim)``: the query multiplier the library would put on ``q_proj``, folded into the scale.
-    """
-    recipe = get_recipe(recipe)
-    query = rules.attention_query_multiplier(head_dim, base_head_dim, recipe.attention_scale)
-    return {
-        "embedding_multiplier": 1.0,
-        "head_multiplier": rules.output_multiplier(width / base_width, recipe.output_exponent),
-        "attention_scale": query / math.sqrt(head_dim),
-    }
 
 
 class RMSNorm(nn.Module):

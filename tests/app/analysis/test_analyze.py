@@ -10,17 +10,15 @@ import numpy as np
 import pytest
 
 from widthwise.app.analysis.analyze import (
-    aggregate_cells,
     analyze,
     best_grid_point,
     fit_optimum,
     fit_parabola,
     fit_paraboloid,
-    grid_ratio,
-    group_families,
     ridge,
     transfer_verdict,
 )
+from widthwise.app.analysis.families import aggregate_cells, grid_ratio, group_families
 from widthwise.app.analysis.plots import write_analysis_plots
 
 LRS = [2.5e-4 * 2**k for k in range(8)]  # 2.5e-4 .. 3.2e-2, ratio 2

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_savefig
-from .analyze import Family, log_position
+from .families import Family, log_position
 
 DPI = 120
 LOSS_LABEL = "validation loss (nats/token)"
