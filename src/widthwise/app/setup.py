@@ -20,8 +20,9 @@ from torch import nn
 
 from ..clipping import clip_grad_norm_
 from ..errors import ConfigError
+from ..forward import named_forward_multipliers
 from ..initialization import init_weights
-from ..models.llama import Llama, LlamaConfig, forward_multipliers
+from ..models.llama import Llama, LlamaConfig
 from ..multipliers import add_multipliers
 from ..optim.build import build_optimizer
 from ..planning import Plan, plan
@@ -123,7 +124,7 @@ def model_configs(config: Config, vocab_size: int, recipe: Recipe) -> tuple[Llam
         raise ConfigError(f"model.width: {m.width} scales the base FFN ({base_cfg.ffn_hidden} at base width "
                           f"{base_width}) to a non-integer {hidden:g}; pick a width that is a multiple of the base's "
                           "ratio")
-    fm = forward_multipliers(recipe, m.width, base_width, m.width // m.heads, base_width // base_heads)
+    fm = named_forward_multipliers(recipe, m.width, base_width, m.width // m.heads, base_width // base_heads)
     for key in fm:
         if getattr(m, key) is not None:
             fm[key] = getattr(m, key)
