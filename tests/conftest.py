@@ -15,9 +15,10 @@ def x_tokens() -> torch.Tensor:
     return tokens()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def data_cache(tmp_path_factory):
-    """One data cache per test module (tokenizer + token memmaps of the bundled corpus) via ``$WIDTHWISE_CACHE``."""
+    """One data cache for the test session (tokenizers + token memmaps of the bundled corpus) via ``$WIDTHWISE_CACHE``:
+    each tokenizer is trained once, not once per module."""
     path = tmp_path_factory.mktemp("cache")
     old = os.environ.get("WIDTHWISE_CACHE")
     os.environ["WIDTHWISE_CACHE"] = str(path)
