@@ -4,8 +4,27 @@ from __future__ import annotations
 
 import pytest
 
-from widthwise.app.config import Config, apply_overrides, builtin_names, load_config, parse_override
+from widthwise.app import config as config_module
+from widthwise.app import trainer
+from widthwise.app.config import (
+    Config,
+    apply_overrides,
+    builtin_names,
+    config_fields,
+    config_keys,
+    load_config,
+    parse_override,
+)
+from widthwise.app.sweep.spec import RUNTIME_KEYS
+from widthwise.app.transfer import FORWARD_KEYS
 from widthwise.errors import ConfigError
+from widthwise.multipliers import PLACEMENTS
+from widthwise.optim.build import OPTIMIZERS
+from widthwise.optim.muon import NS_DTYPES
+from widthwise.parametrizations import MULTIPLIER_KINDS
+from widthwise.recipes import PRESETS
+from widthwise.rules import MUON_ADJUST_LR_FNS
+from widthwise.schedules import SCHEDULES
 
 
 def test_builtins_load_and_defaults_follow_the_papers():
@@ -107,3 +126,47 @@ def test_apply_overrides_from_dict_revalidates():
     assert apply_overrides(c, {"optim.lr": 0.1}).optim.lr == 0.1
     with pytest.raises(ConfigError, match="model.heads"):
         apply_overrides(c, {"model.heads": 5})
+
+
+def test_every_field_has_a_one_line_help():
+    for key, f in config_fields():
+        text = f.metadata.get("help")
+        assert isinstance(text, str) and text.strip() and "\n" not in text, key
+
+
+def test_flag_queries_replace_the_key_tuples():
+    assert set(config_keys("resumable")) == {
+        "train.steps", "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints", "train.log_every",
+        "train.progress", "train.plots", "train.tensorboard", "train.sample_tokens", "train.sample_prompt",
+        "train.threads", "train.compile", "train.divergence_factor", "data.cache_dir", "diagnostics.every",
+        "diagnostics.spectra", "diagnostics.gains", "diagnostics.gain_sequences", "diagnostics.drift_threshold"}
+    assert set(config_keys("runtime")) == {"train.progress", "train.threads", "data.cache_dir"}
+    assert config_keys("forward", section="model") == ("embedding_multiplier", "head_multiplier", "attention_scale")
+    assert config_keys("width", "tuned", "seed") == ("model.width", "model.heads", "model.kv_heads", "optim.lr",
+                                                     "optim.weight_decay", "train.seed")
+    assert set(config_keys("family")) == {"scaling.recipe", "optim.name", "multipliers.kind"}
+    assert config_keys("resumable") == trainer.RESUMABLE_KEYS and config_keys("runtime") == RUNTIME_KEYS
+    assert config_keys("forward", section="model") == FORWARD_KEYS
+
+
+def test_allowed_values_come_from_the_modules_that_own_them():
+    choices = {key: f.metadata.get("choices") for key, f in config_fields()}
+    assert choices["optim.name"] is OPTIMIZERS
+    assert choices["optim.ns_dtype"] is NS_DTYPES
+    assert choices["optim.adjust_lr_fn"] is MUON_ADJUST_LR_FNS
+    assert choices["schedule.kind"] is SCHEDULES
+    assert choices["multipliers.kind"] == ("none", *MULTIPLIER_KINDS)
+    assert config_module.PLACEMENTS is PLACEMENTS and config_module.PRESETS is PRESETS
+    assert config_module.MULTIPLIER_KINDS is MULTIPLIER_KINDS  # imported, not defined a second time
+
+
+def test_each_section_validates_its_own_fields_and_config_the_cross_checks():
+    c = load_config("tiny")
+    c.optim.lr = -1.0
+    with pytest.raises(ConfigError, match="optim.lr: must be positive"):
+        c.optim.validate()
+    c = load_config("tiny")
+    c.schedule.warmup = 10_000
+    c.schedule.validate()  # on its own the schedule is fine: warmup against steps is a check across sections
+    with pytest.raises(ConfigError, match="schedule.warmup: 10000 exceeds train.steps=30"):
+        c.validate()

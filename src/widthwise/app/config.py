@@ -1,9 +1,15 @@
 """The training configuration: typed sections, YAML in and out, ``--set`` overrides, validation.
 
-Every field has a type and a default; loading rejects unknown keys, wrong types and impossible values with
-a :class:`ConfigError` whose message is one line naming the field (``model.heads: ...``). Fields left
-``null`` are resolved from the recipe, the data or the machine when the run starts; the run directory's
-``config.yaml`` stores the resolved values.
+Every field has a type, a default and, in its ``metadata``, a one-line ``help`` and the facts other modules
+ask about it (:func:`config_keys`): ``resumable`` (a resume may change it), ``runtime`` (how a run executes or is
+watched, not what it computes), ``width`` (follows the model width), ``forward`` (a forward multiplier a run
+resolves from the recipe at its width), ``seed``, ``tuned`` (a base value a sweep tunes), ``family`` (named in a
+sweep family's label), plus ``check`` (``positive`` | ``non_negative``) and ``choices`` for validation.
+
+Loading rejects unknown keys, wrong types and impossible values with a :class:`ConfigError` whose message is
+one line naming the field (``model.heads: ...``); each section validates its own fields, :class:`Config` the
+checks across sections. Fields left ``null`` are resolved from the recipe, the data or the machine when the run
+starts; the run directory's ``config.yaml`` stores the resolved values.
 """
 
 from __future__ import annotations
@@ -15,18 +21,60 @@ import typing
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
-from typing import Any, get_args, get_origin
+from typing import Any, ClassVar, get_args, get_origin
 
 import yaml
 
 from ..errors import ConfigError
-from ..multipliers import DEFAULT_MULTIPLIER_WD
+from ..multipliers import DEFAULT_MULTIPLIER_WD, PLACEMENTS
+from ..optim.build import OPTIMIZERS
+from ..optim.muon import NS_DTYPES
+from ..parametrizations import MULTIPLIER_KINDS
+from ..recipes import PRESETS
+from ..rules import MUON_ADJUST_LR_FNS
+from ..schedules import SCHEDULES
+from . import configs
 
-MULTIPLIER_KINDS = ("none", "scalar", "row", "col", "row_col")
+#: ``multipliers.kind`` values: no multipliers, or one of the parametrization's kinds.
+MULTIPLIER_CHOICES = ("none", *MULTIPLIER_KINDS)
+DTYPES = ("auto", "float32", "bfloat16")
+DEVICES = ("auto", "cpu", "cuda")
+#: Smallest vocabulary: 256 bytes and the end-of-text token.
+MIN_VOCAB = 257
+
+
+def _meta(help: str, **flags: Any) -> dict[str, Any]:
+    """A field's metadata: its one-line ``help`` and its ``flags``."""
+    return {"help": help, **flags}
+
+
+def _field(default: Any, help: str, **flags: Any) -> Any:
+    """A dataclass field with an immutable ``default``, ``help`` and ``flags`` in its metadata."""
+    return field(default=default, metadata=_meta(help, **flags))
+
+
+class _Section:
+    """What every config section shares: its name and the checks its fields' metadata declare."""
+
+    NAME: ClassVar[str]
+
+    def validate(self) -> None:
+        """Check each field's ``check`` (``positive`` | ``non_negative``) and ``choices``; :class:`ConfigError`."""
+        for f in fields(self):  # type: ignore[arg-type]
+            value, where = getattr(self, f.name), f"{self.NAME}.{f.name}"
+            check = f.metadata.get("check")
+            if check is not None and value is not None:
+                bad = value < 0 if check == "non_negative" else value <= 0
+                if bad or (isinstance(value, float) and not math.isfinite(value)):
+                    need = "non-negative" if check == "non_negative" else "positive"
+                    raise ConfigError(f"{where}: must be {need}, got {value!r}")
+            choices = f.metadata.get("choices")
+            if choices is not None and value not in choices:
+                raise ConfigError(f"{where}: unknown value {value!r}; expected one of {', '.join(choices)}")
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(_Section):
     """Shape of the reference LLaMA model (:mod:`widthwise.models.llama`) and its fixed forward multipliers.
 
     ``vocab_size: null`` takes the tokenizer's size. ``embedding_multiplier``, ``head_multiplier`` and
@@ -34,35 +82,62 @@ class ModelConfig:
     recipes), in the spirit of Falcon-H1's named multipliers.
     """
 
-    width: int = 128
-    depth: int = 4
-    heads: int = 4
-    kv_heads: int = 4
-    ffn_mult: float = 8 / 3
-    vocab_size: int | None = None
-    tie_embeddings: bool = False
-    rope_theta: float = 10000.0
-    norm_eps: float = 1e-5
-    embedding_multiplier: float | None = None
-    head_multiplier: float | None = None
-    attention_scale: float | None = None
+    NAME: ClassVar[str] = "model"
+    width: int = _field(128, "model width d (hidden size)", check="positive", width=True)
+    depth: int = _field(4, "number of transformer blocks", check="positive")
+    heads: int = _field(4, "attention heads (must divide width; head dim even for RoPE)", check="positive",
+                        width=True)
+    kv_heads: int = _field(4, "key/value heads for grouped-query attention (must divide heads)", check="positive",
+                           width=True)
+    ffn_mult: float = _field(8 / 3, "MLP hidden size as a multiple of width", check="positive")
+    vocab_size: int | None = _field(None, "vocabulary size (null: the tokenizer's)", check="positive")
+    tie_embeddings: bool = _field(False, "share the embedding and output head weights")
+    rope_theta: float = _field(10000.0, "RoPE base frequency", check="positive")
+    norm_eps: float = _field(1e-5, "RMSNorm epsilon", check="positive")
+    embedding_multiplier: float | None = _field(None, "fixed multiplier on the embedding output (null: the recipe's)",
+                                                check="positive", forward=True)
+    head_multiplier: float | None = _field(None, "fixed multiplier on the logits (null: the recipe's, 1/m for muP)",
+                                           check="positive", forward=True)
+    attention_scale: float | None = _field(None, "attention logit scale (null: the recipe's, 1/d_head for muP)",
+                                           check="positive", forward=True)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.width % self.heads:
+            raise ConfigError(f"model.heads: {self.heads} does not divide model.width={self.width}")
+        if self.heads % self.kv_heads:
+            raise ConfigError(f"model.kv_heads: {self.kv_heads} does not divide model.heads={self.heads}")
+        if (self.width // self.heads) % 2:
+            raise ConfigError(f"model.heads: head dim {self.width // self.heads} (width/heads) must be even for RoPE")
+        if self.vocab_size is not None and self.vocab_size < MIN_VOCAB:
+            raise ConfigError(f"model.vocab_size: {self.vocab_size} is below 257 (256 bytes + end of text)")
 
 
 @dataclass
-class ScalingConfig:
+class ScalingConfig(_Section):
     """The width-scaling recipe and the base (proxy) width its LR/WD values refer to.
 
     ``recipe``: ``sp`` | ``mup`` | ``robust`` or a path to a recipe YAML file; ``overrides``: recipe fields,
     e.g. ``{wd_exponent: 1.0}``. ``base_width: null`` means the model is its own base (every multiplier 1).
     """
 
-    recipe: str = "robust"
-    base_width: int | None = None
-    overrides: dict[str, Any] = field(default_factory=dict)
+    NAME: ClassVar[str] = "scaling"
+    recipe: str = _field("robust", "width-scaling recipe: sp, mup, robust or a recipe file (.yaml/.json)",
+                         family=True)
+    base_width: int | None = _field(None, "proxy width the base LR/WD refer to (null: the model's own width)",
+                                    check="positive")
+    overrides: dict[str, Any] = field(default_factory=dict,
+                                      metadata=_meta("recipe fields to override, e.g. {wd_exponent: 1.0}"))
+
+    def validate(self) -> None:
+        super().validate()
+        if self.recipe not in PRESETS and not self.recipe.endswith((".yaml", ".yml", ".json")):
+            raise ConfigError(f"scaling.recipe: unknown recipe {self.recipe!r}; expected one of {', '.join(PRESETS)} "
+                              "or a recipe file (.yaml/.json)")
 
 
 @dataclass
-class MultipliersConfig:
+class MultipliersConfig(_Section):
     """Learnable multipliers (arXiv 2601.04890). ``kind: none`` trains without them.
 
     ``placement``: ``all`` | ``symmetry_free`` | a list of regexes; ``lr: null`` takes ``optim.lr``;
@@ -70,82 +145,128 @@ class MultipliersConfig:
     forward multipliers (which then become 1), as the paper does when converting a muP model.
     """
 
-    kind: str = "row_col"
-    placement: str | list[str] = "all"
-    lr: float | None = None
-    weight_decay: float = DEFAULT_MULTIPLIER_WD
-    init: float = 1.0
-    absorb_forward: bool = False
-    max_norm: float | None = None
+    NAME: ClassVar[str] = "multipliers"
+    kind: str = _field("row_col", "learnable multiplier kind (none: no multipliers)", choices=MULTIPLIER_CHOICES,
+                       family=True)
+    placement: str | list[str] = field(
+        default="all", metadata=_meta("which layers get multipliers: all, symmetry_free or a list of regexes"))
+    lr: float | None = _field(None, "multipliers' learning rate (null: optim.lr)", check="positive")
+    weight_decay: float = _field(DEFAULT_MULTIPLIER_WD, "multipliers' weight decay", check="non_negative")
+    init: float = _field(1.0, "initial multiplier value", check="positive")
+    absorb_forward: bool = _field(False, "start the learnable multipliers at the fixed forward multipliers")
+    max_norm: float | None = _field(None, "clip each multiplier's norm to this (null: no clipping)", check="positive")
+
+    def validate(self) -> None:
+        super().validate()
+        pl = self.placement
+        if isinstance(pl, str) and pl not in PLACEMENTS:
+            raise ConfigError(f"multipliers.placement: unknown value {pl!r}; expected {', '.join(PLACEMENTS)} or a "
+                              "list of regexes")
 
 
 @dataclass
-class OptimConfig:
+class OptimConfig(_Section):
     """Optimizer and its base (base-width) values. ``name: muon`` puts the hidden matrices on Muon.
 
     ``ns_dtype``: dtype of Muon's Newton-Schulz iteration, ``auto`` (bf16 where bf16 matmuls are fast, else fp32)
     | ``bfloat16`` (bitwise ``torch.optim.Muon`` on CPU) | ``float32``; see :class:`widthwise.optim.muon.BatchedMuon`.
     """
 
-    name: str = "adamw"
-    lr: float = 3e-3
-    weight_decay: float = 0.1
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    eps: float = 1e-8
-    grad_clip: float | None = 1.0
-    muon_lr: float | None = None
-    adjust_lr_fn: str = "match_rms_adamw"
-    ns_dtype: str = "auto"
+    NAME: ClassVar[str] = "optim"
+    name: str = _field("adamw", "optimizer: adamw, or muon on the hidden matrices", choices=OPTIMIZERS, family=True)
+    lr: float = _field(3e-3, "base learning rate at the base width", check="positive", tuned=True)
+    weight_decay: float = _field(0.1, "base weight decay at the base width", check="non_negative", tuned=True)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95], metadata=_meta("Adam betas, two numbers in [0, 1)"))
+    eps: float = _field(1e-8, "Adam epsilon", check="positive")
+    grad_clip: float | None = _field(1.0, "gradient norm clip, multipliers excluded (null: off)", check="positive")
+    muon_lr: float | None = _field(None, "Muon's base learning rate (null: optim.lr)", check="positive")
+    adjust_lr_fn: str = _field("match_rms_adamw", "how Muon scales its LR by matrix shape",
+                               choices=MUON_ADJUST_LR_FNS)
+    ns_dtype: str = _field("auto", "dtype of Muon's Newton-Schulz iteration", choices=NS_DTYPES)
+
+    def validate(self) -> None:
+        super().validate()
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"optim.betas: expected two numbers in [0, 1), got {self.betas!r}")
 
 
 @dataclass
-class ScheduleConfig:
+class ScheduleConfig(_Section):
     """LR schedule relative to each group's LR: ``cosine`` | ``wsd`` | ``constant`` after ``warmup`` steps."""
 
-    kind: str = "cosine"
-    warmup: int = 20
-    min_ratio: float = 0.1
-    decay_fraction: float = 0.2
+    NAME: ClassVar[str] = "schedule"
+    kind: str = _field("cosine", "LR schedule after warmup", choices=SCHEDULES)
+    warmup: int = _field(20, "linear warmup steps", check="non_negative")
+    min_ratio: float = _field(0.1, "final LR as a fraction of the peak, in [0, 1]", check="non_negative")
+    decay_fraction: float = _field(0.2, "wsd: fraction of the steps spent decaying, in (0, 1]")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.min_ratio > 1:
+            raise ConfigError(f"schedule.min_ratio: must be in [0, 1], got {self.min_ratio}")
+        if not 0 < self.decay_fraction <= 1:
+            raise ConfigError(f"schedule.decay_fraction: must be in (0, 1], got {self.decay_fraction}")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(_Section):
     """The loop. ``device``/``dtype``/``compile`` ``auto`` pick the fast path measured on this machine."""
 
-    steps: int = 200
-    batch_size: int = 16
-    seq_len: int = 128
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "auto"
-    compile: str | bool = "auto"
-    threads: int | None = None
-    eval_every: int = 50
-    eval_tokens: int = 32768
-    checkpoint_every: int = 100
-    keep_checkpoints: int = 2
-    log_every: int = 1
-    divergence_factor: float | None = 1.5
-    sample_tokens: int = 120
-    sample_prompt: str = ""
-    tensorboard: bool = True
-    plots: bool = True
-    progress: bool = True
+    NAME: ClassVar[str] = "train"
+    steps: int = _field(200, "training steps", check="positive", resumable=True)
+    batch_size: int = _field(16, "sequences per step", check="positive")
+    seq_len: int = _field(128, "tokens per sequence", check="positive")
+    seed: int = _field(0, "random seed of the initialisation and the batches", check="non_negative", seed=True)
+    device: str = _field("auto", "auto, cpu, cuda or cuda:N")
+    dtype: str = _field("auto", "compute dtype", choices=DTYPES)
+    compile: str | bool = _field("auto", "torch.compile the model: auto, true or false", resumable=True)
+    threads: int | None = _field(None, "CPU threads (null: torch's default)", check="positive", resumable=True,
+                                 runtime=True)
+    eval_every: int = _field(50, "steps between validation losses", check="positive", resumable=True)
+    eval_tokens: int = _field(32768, "validation tokens per evaluation", check="positive")
+    checkpoint_every: int = _field(100, "steps between checkpoints", check="positive", resumable=True)
+    keep_checkpoints: int = _field(2, "checkpoints kept on disk", check="positive", resumable=True)
+    log_every: int = _field(1, "steps between metrics.jsonl lines", check="positive", resumable=True)
+    divergence_factor: float | None = _field(1.5, "stop as diverged when the loss exceeds this times its initial "
+                                                  "value (null: only on a non-finite loss)", check="positive",
+                                             resumable=True)
+    sample_tokens: int = _field(120, "tokens sampled from the trained model (0: none)", check="non_negative",
+                                resumable=True)
+    sample_prompt: str = _field("", "prompt of the sample", resumable=True)
+    tensorboard: bool = _field(True, "write TensorBoard event files", resumable=True)
+    plots: bool = _field(True, "write plots into the run directory", resumable=True)
+    progress: bool = _field(True, "show a progress bar", resumable=True, runtime=True)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.device.split(":")[0] not in DEVICES:
+            raise ConfigError(f"train.device: unknown device {self.device!r}; expected auto, cpu, cuda or cuda:N")
+        if self.compile not in ("auto", True, False):
+            raise ConfigError(f"train.compile: expected auto, true or false, got {self.compile!r}")
 
 
 @dataclass
-class DataConfig:
+class DataConfig(_Section):
     """Training text: ``path: null`` is the bundled Shakespeare corpus; a file, folder or jsonl otherwise."""
 
-    path: str | None = None
-    vocab_size: int = 4096
-    val_fraction: float = 0.05
-    split_seed: int = 0
-    cache_dir: str | None = None
+    NAME: ClassVar[str] = "data"
+    path: str | None = _field(None, "training text: a file, folder or jsonl (null: bundled Shakespeare)")
+    vocab_size: int = _field(4096, "BPE vocabulary size trained on the text", check="positive")
+    val_fraction: float = _field(0.05, "fraction of the text held out for validation, in (0, 0.5]")
+    split_seed: int = _field(0, "seed of the train/validation split", check="non_negative")
+    cache_dir: str | None = _field(None, "where tokenized data is cached (null: the default cache)", resumable=True,
+                                   runtime=True)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.vocab_size < MIN_VOCAB:
+            raise ConfigError(f"data.vocab_size: {self.vocab_size} is below 257 (256 bytes + end of text)")
+        if not 0 < self.val_fraction <= 0.5:
+            raise ConfigError(f"data.val_fraction: must be in (0, 0.5], got {self.val_fraction}")
 
 
 @dataclass
-class DiagnosticsConfig:
+class DiagnosticsConfig(_Section):
     """Measurements logged to ``diagnostics.jsonl`` every ``every`` steps (``null``: off).
 
     Top singular values (warm-started power iteration), weight RMS against the AdamW noise equilibrium,
@@ -153,11 +274,13 @@ class DiagnosticsConfig:
     drift (a warning when a monitor passes ``drift_threshold``, in log2 units: 3 is a factor 8).
     """
 
-    every: int | None = 50
-    spectra: bool = True
-    gains: bool = True
-    gain_sequences: int = 4
-    drift_threshold: float = 3.0
+    NAME: ClassVar[str] = "diagnostics"
+    every: int | None = _field(50, "steps between measurements (null: off)", check="positive", resumable=True)
+    spectra: bool = _field(True, "measure top singular values", resumable=True)
+    gains: bool = _field(True, "measure sublayer gains", resumable=True)
+    gain_sequences: int = _field(4, "validation sequences for the sublayer gains", check="positive", resumable=True)
+    drift_threshold: float = _field(3.0, "warn when a drift monitor passes this (log2 units)", check="positive",
+                                    resumable=True)
 
 
 @dataclass
@@ -183,15 +306,44 @@ class Config:
         section, key = _split_key(dotted)
         return getattr(getattr(self, section), key)
 
+    def validate(self) -> None:
+        """Every section's checks, then those across sections; :class:`ConfigError` naming the field."""
+        for f in fields(self):
+            getattr(self, f.name).validate()
+        base, width = self.scaling.base_width, self.model.width
+        if base is not None and base > width:
+            raise ConfigError(f"scaling.base_width: {base} is larger than model.width={width}; the base is the proxy")
+        if self.schedule.warmup > self.train.steps:
+            raise ConfigError(f"schedule.warmup: {self.schedule.warmup} exceeds train.steps={self.train.steps}")
 
-_SECTION_TYPES = {"model": ModelConfig, "scaling": ScalingConfig, "multipliers": MultipliersConfig,
-                  "optim": OptimConfig, "schedule": ScheduleConfig, "train": TrainConfig, "data": DataConfig,
-                  "diagnostics": DiagnosticsConfig}
+
+_SECTION_TYPES: dict[str, type[_Section]] = {
+    cls.NAME: cls for cls in (ModelConfig, ScalingConfig, MultipliersConfig, OptimConfig, ScheduleConfig, TrainConfig,
+                              DataConfig, DiagnosticsConfig)}
+
+
+def config_fields() -> list[tuple[str, dataclasses.Field]]:
+    """``(section.key, field)`` of every config field, in section and field order."""
+    return [(f"{name}.{f.name}", f) for name, cls in _SECTION_TYPES.items() for f in fields(cls)]
+
+
+def config_keys(*flags: str, section: str | None = None) -> tuple[str, ...]:
+    """Dotted keys of the fields whose metadata sets any of ``flags`` (field order); bare names within ``section``.
+
+    >>> config_keys("runtime")
+    ('train.threads', 'train.progress', 'data.cache_dir')
+    >>> config_keys("forward", section="model")
+    ('embedding_multiplier', 'head_multiplier', 'attention_scale')
+    """
+    keys = [key for key, f in config_fields() if any(f.metadata.get(flag) for flag in flags)]
+    if section is None:
+        return tuple(keys)
+    return tuple(key.partition(".")[2] for key in keys if key.startswith(f"{section}."))
 
 
 def builtin_names() -> list[str]:
     """Names of the built-in configs (``demo``, ``tiny``, ...)."""
-    return sorted(p.name[:-5] for p in resources.files("widthwise.app.configs").iterdir() if p.name.endswith(".yaml"))
+    return configs.names()
 
 
 def load_config(source: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -244,7 +396,7 @@ def from_dict(data: dict[str, Any]) -> Config:
             raise ConfigError(f"{name}: expected a mapping of keys, got {_show(value)}")
         sections[name] = _build_section(name, value)
     config = Config(**sections)
-    validate(config)
+    config.validate()
     return config
 
 
@@ -350,83 +502,3 @@ def apply_overrides(config: Config, overrides: list[str] | tuple[str, ...] | dic
         section, name = _split_key(key)
         data[section][name] = value
     return from_dict(data)
-
-
-def _positive(config: Config, dotted: str, allow_zero: bool = False) -> None:
-    value = config.get(dotted)
-    if value is None:
-        return
-    bad = value < 0 if allow_zero else value <= 0
-    if bad or (isinstance(value, float) and not math.isfinite(value)):
-        need = "non-negative" if allow_zero else "positive"
-        raise ConfigError(f"{dotted}: must be {need}, got {value!r}")
-
-
-def _choice(config: Config, dotted: str, choices: tuple[str, ...]) -> None:
-    value = config.get(dotted)
-    if value not in choices:
-        raise ConfigError(f"{dotted}: unknown value {value!r}; expected one of {', '.join(choices)}")
-
-
-def validate(config: Config) -> None:
-    """Reject impossible or unsupported settings with a :class:`ConfigError` naming the field."""
-    from ..optim.build import OPTIMIZERS
-    from ..optim.muon import NS_DTYPES
-    from ..recipes import PRESETS
-    from ..schedules import SCHEDULES
-
-    for key in ("model.width", "model.depth", "model.heads", "model.kv_heads", "model.ffn_mult", "model.vocab_size",
-                "model.rope_theta", "model.norm_eps", "model.embedding_multiplier", "model.head_multiplier",
-                "model.attention_scale", "scaling.base_width", "optim.lr", "optim.eps", "optim.grad_clip",
-                "optim.muon_lr", "multipliers.lr", "multipliers.init", "multipliers.max_norm", "train.steps",
-                "train.batch_size", "train.seq_len", "train.threads", "train.eval_every", "train.eval_tokens",
-                "train.checkpoint_every", "train.keep_checkpoints", "train.log_every", "train.divergence_factor",
-                "data.vocab_size", "diagnostics.every", "diagnostics.gain_sequences", "diagnostics.drift_threshold"):
-        _positive(config, key)
-    for key in ("optim.weight_decay", "multipliers.weight_decay", "schedule.warmup", "schedule.min_ratio",
-                "train.seed", "train.sample_tokens", "data.split_seed"):
-        _positive(config, key, allow_zero=True)
-    m = config.model
-    if m.width % m.heads:
-        raise ConfigError(f"model.heads: {m.heads} does not divide model.width={m.width}")
-    if m.heads % m.kv_heads:
-        raise ConfigError(f"model.kv_heads: {m.kv_heads} does not divide model.heads={m.heads}")
-    if (m.width // m.heads) % 2:
-        raise ConfigError(f"model.heads: head dim {m.width // m.heads} (width/heads) must be even for RoPE")
-    base = config.scaling.base_width
-    if base is not None and base > m.width:
-        raise ConfigError(f"scaling.base_width: {base} is larger than model.width={m.width}; the base is the proxy")
-    recipe = config.scaling.recipe
-    if recipe not in PRESETS and not recipe.endswith((".yaml", ".yml", ".json")):
-        raise ConfigError(f"scaling.recipe: unknown recipe {recipe!r}; expected one of {', '.join(PRESETS)} "
-                          "or a recipe file (.yaml/.json)")
-    _choice(config, "multipliers.kind", MULTIPLIER_KINDS)
-    pl = config.multipliers.placement
-    if isinstance(pl, str) and pl not in ("all", "symmetry_free"):
-        raise ConfigError(f"multipliers.placement: unknown value {pl!r}; expected all, symmetry_free or a list "
-                          "of regexes")
-    _choice(config, "optim.name", OPTIMIZERS)
-    _choice(config, "optim.adjust_lr_fn", ("original", "match_rms_adamw"))
-    _choice(config, "optim.ns_dtype", NS_DTYPES)
-    if len(config.optim.betas) != 2 or not all(0 <= b < 1 for b in config.optim.betas):
-        raise ConfigError(f"optim.betas: expected two numbers in [0, 1), got {config.optim.betas!r}")
-    _choice(config, "schedule.kind", SCHEDULES)
-    if config.schedule.warmup > config.train.steps:
-        raise ConfigError(f"schedule.warmup: {config.schedule.warmup} exceeds train.steps={config.train.steps}")
-    if config.schedule.min_ratio > 1:
-        raise ConfigError(f"schedule.min_ratio: must be in [0, 1], got {config.schedule.min_ratio}")
-    if not 0 < config.schedule.decay_fraction <= 1:
-        raise ConfigError(f"schedule.decay_fraction: must be in (0, 1], got {config.schedule.decay_fraction}")
-    t = config.train
-    device = t.device.split(":")[0]
-    if device not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"train.device: unknown device {t.device!r}; expected auto, cpu, cuda or cuda:N")
-    _choice(config, "train.dtype", ("auto", "float32", "bfloat16"))
-    if t.compile not in ("auto", True, False):
-        raise ConfigError(f"train.compile: expected auto, true or false, got {t.compile!r}")
-    if config.data.vocab_size < 257:
-        raise ConfigError(f"data.vocab_size: {config.data.vocab_size} is below 257 (256 bytes + end of text)")
-    if config.model.vocab_size is not None and config.model.vocab_size < 257:
-        raise ConfigError(f"model.vocab_size: {config.model.vocab_size} is below 257 (256 bytes + end of text)")
-    if not 0 < config.data.val_fraction <= 0.5:
-        raise ConfigError(f"data.val_fraction: must be in (0, 0.5], got {config.data.val_fraction}")

@@ -33,7 +33,7 @@ from ..optim.build import muon_ns_dtype
 from ..schedules import ScheduleRatio
 from .atomic import atomic_write_text
 from .checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
-from .config import Config, apply_overrides, from_dict, yaml_line
+from .config import Config, apply_overrides, config_keys, from_dict, yaml_line
 from .data import BatchSampler, TokenData, validation_batches
 from .metrics import MetricsLog, json_safe, read_metrics
 from .runtime import Runtime, resolve_runtime
@@ -43,11 +43,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 #: Keys a resume may change: the length of the run and how it is observed, not what it computes.
-RESUMABLE_KEYS = ("train.steps", "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints",
-                  "train.log_every", "train.progress", "train.plots", "train.tensorboard", "train.sample_tokens",
-                  "train.sample_prompt", "train.threads", "train.compile", "train.divergence_factor",
-                  "data.cache_dir", "diagnostics.every", "diagnostics.spectra", "diagnostics.gains",
-                  "diagnostics.gain_sequences", "diagnostics.drift_threshold")
+RESUMABLE_KEYS = config_keys("resumable")
 FINAL_LOSS_WINDOW = 10
 
 

@@ -19,13 +19,13 @@ import yaml
 
 from ..errors import ConfigError, SweepError
 from .atomic import atomic_write_text
-from .config import Config, apply_overrides, from_dict
+from .config import Config, apply_overrides, config_keys, from_dict
 from .setup import at_width, build, load_recipe, model_configs
 
 #: Flags of ``widthwise transfer`` that pick a family, with the optima.json field each one matches.
 FAMILY_FLAGS = {"recipe": "--recipe", "optimizer": "--optimizer", "multipliers": "--multipliers"}
 #: Model fields a run's config.yaml stores resolved from the recipe at the run's width.
-FORWARD_KEYS = ("embedding_multiplier", "head_multiplier", "attention_scale")
+FORWARD_KEYS = config_keys("forward", section="model")
 
 
 @dataclass

@@ -24,16 +24,14 @@ from ...diagnostics.naming import sort_layer_types
 from ...errors import SweepError
 from ...recipes import Recipe, muon_scaling
 from ..atomic import atomic_savefig, atomic_write_text
-from ..config import from_dict
+from ..config import config_keys, from_dict
 from ..setup import load_recipe
-from ..sweep.spec import RUNTIME_KEYS
 
 #: ``metric`` -> (pooled row key, per-layer-type key) of a sweep result row.
 METRICS = {"sigma_max": ("sigma_max", "sigma_max"), "gain": ("gain", "sublayer_gain")}
 #: Config keys that may differ between the runs of one calibration: the width, its heads and what a run resolves
 #: from it (forward multipliers), the seed, runtime settings.
-FREE_KEYS = ("model.width", "model.heads", "model.kv_heads", "model.embedding_multiplier", "model.head_multiplier",
-             "model.attention_scale", "train.seed", *RUNTIME_KEYS)
+FREE_KEYS = config_keys("width", "forward", "seed", "runtime")
 POOLED = "pooled"
 
 

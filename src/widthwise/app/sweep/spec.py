@@ -28,12 +28,12 @@ from typing import Any
 import yaml
 
 from ...errors import ConfigError, SweepError
-from ..config import Config, apply_overrides, builtin_names, load_config, parse_override, yaml_line
+from ..config import Config, apply_overrides, builtin_names, config_keys, load_config, parse_override, yaml_line
 from ..setup import at_width, plan_for
 
 SWEEP_KEYS = ("base", "grid", "set", "seeds")
 #: Config keys that say how a run is executed or watched, not what it computes: not part of its identity.
-RUNTIME_KEYS = ("train.progress", "train.threads", "data.cache_dir")
+RUNTIME_KEYS = config_keys("runtime")
 #: Short labels of common grid keys in run directory names.
 _SHORT = {"model.width": "w", "optim.lr": "lr", "optim.weight_decay": "wd", "train.seed": "s"}
 
