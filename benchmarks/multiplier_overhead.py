@@ -37,7 +37,7 @@ def build(width: int, depth: int, vocab: int, multipliers: bool, seed: int = 0, 
         ww.add_multipliers(base)
     plan = ww.plan(model, base=base, recipe="robust")
     ww.init_weights(model, plan, generator=torch.Generator().manual_seed(seed))
-    opt = ww.build_optimizer(model, plan, "adamw", lr=1e-3, weight_decay=0.1)
+    opt = ww.build_optimizer(model, plan, lr=1e-3, weight_decay=0.1)
     return model, opt
 
 

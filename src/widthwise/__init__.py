@@ -24,7 +24,8 @@ from .diagnostics import (
 from .forward import apply_forward_multipliers
 from .initialization import init_weights
 from .multipliers import add_multipliers, fold_multipliers, multiplier_parameters
-from .optim.build import CombinedOptimizer, build_optimizer
+from .optim.build import build_optimizer
+from .optim.combined import CombinedOptimizer
 from .optim.muon import BatchedMuon
 from .planning import ForwardMultiplier, ParamPlan, Plan, plan
 from .recipes import PRESETS, Recipe, get_recipe

@@ -1,13 +1,16 @@
-"""The plan: every parameter's role, width multiplier, LR and WD factors and init, plus forward multipliers.
+"""The plan: every parameter's role, width multiplier, optimizer, final LR and WD factors and init, plus forward
+multipliers.
 
-``ww.plan(model, base=..., recipe=...)`` builds it; it prints as a table, round-trips through JSON/YAML
-(configs and checkpoints store it) and drives :func:`widthwise.init_weights` and
-:func:`widthwise.build_optimizer`.
+``ww.plan(model, base=..., recipe=..., optimizer=...)`` builds it; it prints as a table, round-trips through
+JSON/YAML (configs and checkpoints store it) and drives :func:`widthwise.init_weights` and
+:func:`widthwise.build_optimizer`, which only groups what the plan says: the plan is the single source of every
+learning rate and weight decay the optimizer runs.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -21,26 +24,58 @@ from . import rules
 from .multipliers import DEFAULT_MULTIPLIER_WD
 from .recipes import Recipe, get_recipe, role_scaling
 from .roles import ParamSite, Role, classify, declared_head, matrix_axes, parameter_sites, unwrap
+from .tables import format_table
 from .width import base_shapes, check_same_parameters, width_multiplier
 
-PLAN_VERSION = 1
+PLAN_VERSION = 2
 QUERY_NAMES = re.compile(r"^(q_proj|wq|query|q|to_q)$")
 QUERY_NORM_NAMES = re.compile(r"^(q_norm|query_norm|q_layernorm|q_ln)$")
 
 
 @dataclass(frozen=True)
 class ParamPlan:
-    """The plan for one parameter (canonical name; ``aliases`` are other names of a shared tensor)."""
+    """The plan for one parameter (canonical name; ``aliases`` are other names of a shared tensor).
+
+    ``optimizer`` (``adamw`` | ``muon``) trains it. ``lr_factor``/``wd_factor`` are final: they multiply the
+    base LR (Muon's base LR for ``muon`` entries) and base WD. ``None`` means the value is absolute instead:
+    ``fixed_lr``/``fixed_wd`` (multipliers' own settings). :meth:`lr` and :meth:`weight_decay` give the values
+    the optimizer runs.
+    """
 
     name: str
     role: Role
     shape: tuple[int, ...]
     width_mult: float
-    lr_factor: float
-    wd_factor: float | None  # None: absolute (multipliers take ``multiplier_weight_decay``)
+    lr_factor: float | None
+    wd_factor: float | None
     init: str | None
     init_std: float | None = None
     aliases: tuple[str, ...] = ()
+    optimizer: str = "adamw"
+    fixed_lr: float | None = None
+    fixed_wd: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in rules.OPTIMIZERS:
+            raise ValueError(f"parameter {self.name!r}: unknown optimizer {self.optimizer!r}; "
+                             f"expected one of {', '.join(rules.OPTIMIZERS)}")
+        if self.optimizer == "muon" and len(self.shape) != 2:
+            raise ValueError(f"Muon takes 2-D matrices; {self.role.value} parameter {self.name!r} has shape "
+                             f"{self.shape} (give it another role, or use optimizer='adamw')")
+        for kind, factor, fixed in (("lr", self.lr_factor, self.fixed_lr), ("wd", self.wd_factor, self.fixed_wd)):
+            if (factor is None) == (fixed is None):
+                raise ValueError(f"parameter {self.name!r}: give exactly one of {kind}_factor and fixed_{kind}")
+
+    def lr(self, base_lr: float, muon_lr: float | None = None) -> float:
+        """The learning rate the optimizer runs: base LR (``muon_lr`` for Muon, when given) x factor, or fixed."""
+        if self.lr_factor is None:
+            return self.fixed_lr  # type: ignore[return-value]  # __post_init__: one of the two is set
+        base = muon_lr if self.optimizer == "muon" and muon_lr is not None else base_lr
+        return base * self.lr_factor
+
+    def weight_decay(self, base_wd: float) -> float:
+        """The weight decay the optimizer runs: ``base_wd`` x factor, or the fixed value."""
+        return self.fixed_wd if self.wd_factor is None else base_wd * self.wd_factor  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -59,11 +94,17 @@ class ForwardMultiplier:
 
 @dataclass
 class Plan:
-    """Roles, width multipliers and per-parameter scaling of one model under one recipe."""
+    """Roles, width multipliers, optimizers and per-parameter scaling of one model under one recipe.
+
+    ``optimizer``: ``adamw``, or ``muon`` (Muon on the hidden matrices, AdamW on the rest);
+    ``muon_adjust_lr_fn``: ``torch.optim.Muon``'s ``adjust_lr_fn`` the Muon factors assume (``None`` under AdamW).
+    """
 
     recipe: Recipe
     params: dict[str, ParamPlan]
     forward_multipliers: list[ForwardMultiplier] = field(default_factory=list)
+    optimizer: str = "adamw"
+    muon_adjust_lr_fn: str | None = None
 
     def __getitem__(self, name: str) -> ParamPlan:
         return self.params[name]
@@ -80,32 +121,38 @@ class Plan:
     def names(self, role: Role | str) -> list[str]:
         return [name for name, p in self.params.items() if p.role == Role(role)]
 
-    def table(self, lr: float | None = None, weight_decay: float | None = None,
-              multiplier_weight_decay: float = DEFAULT_MULTIPLIER_WD) -> str:
-        """The plan as a text table; with ``lr``/``weight_decay`` (base values) also the absolute values."""
-        header = ["name", "role", "shape", "width x", "lr x", "wd x", "lr*wd x", "init std"]
-        absolute = lr is not None and weight_decay is not None
-        if absolute:
+    def table(self, lr: float | None = None, weight_decay: float | None = None, muon_lr: float | None = None) -> str:
+        """The plan as a text table; with ``lr``/``weight_decay`` (base values) also the absolute values.
+
+        The absolute columns are :meth:`ParamPlan.lr` and :meth:`ParamPlan.weight_decay`: exactly what the groups
+        of :func:`widthwise.build_optimizer` run with the same base values (``muon_lr`` defaults to ``lr``).
+        A factor cell ``=v`` is an absolute value ``v`` (multipliers' own LR and WD).
+        """
+        if (lr is None) != (weight_decay is None):
+            raise ValueError("Plan.table: pass both lr and weight_decay, or neither")
+        header = ["name", "role", "optimizer", "shape", "width x", "lr x", "wd x", "lr*wd x", "init std"]
+        if lr is not None:
             header += ["lr", "wd", "lr*wd"]
-        rows = [header]
+        rows = []
         for p in self.params.values():
-            wd_x = "abs" if p.wd_factor is None else _g(p.wd_factor)
-            shrink = "-" if p.wd_factor is None else _g(p.lr_factor * p.wd_factor)
+            lr_x = f"={_g(p.fixed_lr)}" if p.lr_factor is None else _g(p.lr_factor)
+            wd_x = f"={_g(p.fixed_wd)}" if p.wd_factor is None else _g(p.wd_factor)
+            shrink = "-" if p.lr_factor is None or p.wd_factor is None else _g(p.lr_factor * p.wd_factor)
             std = _g(p.init_std) if p.init == "normal" and p.init_std is not None else p.init or "-"
-            row = [p.name, p.role.value, "x".join(map(str, p.shape)) or "()", _g(p.width_mult),
-                   _g(p.lr_factor), wd_x, shrink, std]
-            if absolute:
-                wd = multiplier_weight_decay if p.wd_factor is None else weight_decay * p.wd_factor
-                row += [_g(lr * p.lr_factor), _g(wd), _g(lr * p.lr_factor * wd)]
+            row = [p.name, p.role.value, p.optimizer, "x".join(map(str, p.shape)) or "()", _g(p.width_mult),
+                   lr_x, wd_x, shrink, std]
+            if lr is not None and weight_decay is not None:
+                p_lr, p_wd = p.lr(lr, muon_lr), p.weight_decay(weight_decay)
+                row += [_g(p_lr), _g(p_wd), _g(p_lr * p_wd)]
             rows.append(row)
-        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        title = f"widthwise plan: recipe={self.recipe.name} " + " ".join(
-            f"{k}={v}" for k, v in self.recipe.to_dict().items() if k != "name")
+        settings = {"recipe": self.recipe.name, "optimizer": self.optimizer}
+        if self.optimizer == "muon":
+            settings["muon_adjust_lr_fn"] = self.muon_adjust_lr_fn
+        settings.update((k, v) for k, v in self.recipe.to_dict().items() if k != "name")
+        title = "widthwise plan: " + " ".join(f"{k}={v}" for k, v in settings.items())
         fwd = [f"forward multiplier: {f.module} ({f.kind}) x {f.value:.6g} on {', '.join(f.tensors)}"
                for f in self.forward_multipliers]
-        return "\n".join([title, *lines, *fwd])
+        return "\n".join([title, format_table(rows, header, rule=True), *fwd])
 
     def __str__(self) -> str:
         return self.table()
@@ -119,12 +166,15 @@ class Plan:
             d["aliases"] = list(p.aliases)
             params.append(d)
         fwd = [{**asdict(f), "tensors": list(f.tensors)} for f in self.forward_multipliers]
-        return {"version": PLAN_VERSION, "recipe": self.recipe.to_dict(), "params": params, "forward_multipliers": fwd}
+        return {"version": PLAN_VERSION, "recipe": self.recipe.to_dict(), "optimizer": self.optimizer,
+                "muon_adjust_lr_fn": self.muon_adjust_lr_fn, "params": params, "forward_multipliers": fwd}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Plan:
-        if not isinstance(data, Mapping) or data.get("version") != PLAN_VERSION:
-            raise ValueError(f"not a widthwise plan of version {PLAN_VERSION}")
+        version = data.get("version") if isinstance(data, Mapping) else None
+        if version != PLAN_VERSION:
+            raise ValueError(f"not a widthwise plan of version {PLAN_VERSION} (got version {version!r}): "
+                             "re-plan the model with ww.plan()")
         try:
             params = {}
             for d in data["params"]:
@@ -133,7 +183,7 @@ class Plan:
                 params[p.name] = p
             fwd = [ForwardMultiplier(**{**f, "tensors": tuple(f["tensors"])})
                    for f in data.get("forward_multipliers", [])]
-            return cls(Recipe.from_dict(data["recipe"]), params, fwd)
+            return cls(Recipe.from_dict(data["recipe"]), params, fwd, data["optimizer"], data["muon_adjust_lr_fn"])
         except (KeyError, TypeError) as err:
             raise ValueError(f"malformed widthwise plan: {err}") from None
 
@@ -166,6 +216,10 @@ def plan(
     base: nn.Module | None = None,
     recipe: str | Recipe | Mapping[str, Any] = "robust",
     *,
+    optimizer: str = "adamw",
+    muon_adjust_lr_fn: str | None = rules.DEFAULT_MUON_ADJUST_LR_FN,
+    multiplier_lr: float | None = None,
+    multiplier_weight_decay: float = DEFAULT_MULTIPLIER_WD,
     roles: Mapping[str, str] | None = None,
     forward_multipliers: bool = True,
     **recipe_overrides: Any,
@@ -173,11 +227,20 @@ def plan(
     """Classify ``model``'s parameters, derive width multipliers against ``base`` and apply ``recipe``.
 
     ``base`` is a smaller instance of the same model (it may live on the meta device); without it every
-    width multiplier is 1. ``roles`` overrides classification (regex -> role, first match wins).
-    ``forward_multipliers=False`` leaves out the recipe's fixed forward multipliers (head ``1/m``,
-    attention ``1/d_head``) for models that implement them themselves. Extra keyword arguments override
-    recipe fields, e.g. ``wd_exponent=1.0``. Add learnable multipliers before planning.
+    width multiplier is 1. ``optimizer="muon"`` puts the hidden matrices on Muon with the spectral rule for
+    ``muon_adjust_lr_fn`` (:meth:`Recipe.exponents`); everything else is AdamW's. Multipliers take the absolute
+    ``multiplier_lr`` (default: the base LR) and ``multiplier_weight_decay``. ``roles`` overrides
+    classification (regex -> role, first match wins). ``forward_multipliers=False`` leaves out the recipe's
+    fixed forward multipliers (head ``1/m``, attention ``1/d_head``) for models that implement them themselves.
+    Extra keyword arguments override recipe fields, e.g. ``wd_exponent=1.0``. Add learnable multipliers before
+    planning.
     """
+    if optimizer not in rules.OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {', '.join(rules.OPTIMIZERS)}")
+    rules.check_adjust_lr_fn(muon_adjust_lr_fn)
+    _check_value("multiplier_weight_decay", multiplier_weight_decay)
+    if multiplier_lr is not None:
+        _check_value("multiplier_lr", multiplier_lr)
     model = unwrap(model)
     base = unwrap(base) if base is not None else None
     recipe_obj = get_recipe(recipe, **recipe_overrides)
@@ -190,13 +253,25 @@ def plan(
     for name, site in sites.items():
         role = role_map[name]
         m = width_multiplier(site, role, None if shapes is None else shapes.get(name))
-        s = role_scaling(recipe_obj, role, m, site.tensor_name, _is_norm(site))
-        params[name] = ParamPlan(name, role, site.shape, m, s.lr, s.wd, s.init, s.init_std, tuple(site.aliases))
+        param_optimizer = "muon" if optimizer == "muon" and role is Role.HIDDEN else "adamw"
+        s = role_scaling(recipe_obj, role, m, site.tensor_name, _is_norm(site), param_optimizer, muon_adjust_lr_fn)
+        lr_x, wd_x, fixed_lr, fixed_wd = s.lr, s.wd, None, None
+        if role is Role.MULTIPLIER:
+            wd_x, fixed_wd = None, float(multiplier_weight_decay)
+            if multiplier_lr is not None:
+                lr_x, fixed_lr = None, float(multiplier_lr)
+        params[name] = ParamPlan(name, role, site.shape, m, lr_x, wd_x, s.init, s.init_std, tuple(site.aliases),
+                                 param_optimizer, fixed_lr, fixed_wd)
     fwd = []
     if forward_multipliers:
         fwd = _head_multipliers(model, sites, role_map, shapes, recipe_obj)
         fwd += _attention_multipliers(model, base, recipe_obj)
-    return Plan(recipe_obj, params, fwd)
+    return Plan(recipe_obj, params, fwd, optimizer, muon_adjust_lr_fn if optimizer == "muon" else None)
+
+
+def _check_value(label: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{label} must be a non-negative finite number, got {value!r}")
 
 
 def _tensors(module: nn.Module) -> tuple[str, ...]:

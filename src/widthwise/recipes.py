@@ -12,7 +12,8 @@ recipe        hidden lr  hidden wd   hidden     embedding / head            head
 ``robust``    1/m        sqrt(m)     std/sqrt m 1, 0                        1/m, 1/d_head
 ============  =========  ==========  =========  ==========================  ====================
 
-Vectors (norm gains, biases) always take lr factor 1 and no weight decay.
+Vectors (norm gains, biases) always take lr factor 1 and no weight decay. The hidden columns are AdamW's;
+hidden matrices trained by Muon take :meth:`Recipe.exponents` ``("muon", adjust_lr_fn)`` instead.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ class Recipe:
     ``attention_scale``: ``standard`` | ``mup`` | ``mup_exact`` (:func:`rules.attention_query_multiplier`).
     ``vector_like_wd``: whether embeddings and the head are decayed (robust: no).
     ``muon_lr_exponent``/``muon_wd_exponent``: hidden-matrix exponents under Muon; ``None`` derives them
-    from Muon's ``adjust_lr_fn`` (:func:`rules.muon_lr_factor`, :func:`rules.muon_wd_factor`) when the
-    recipe scales with width and keeps 0 (no scaling) for ``sp``.
+    from Muon's ``adjust_lr_fn`` (:func:`rules.muon_lr_exponent`, :func:`rules.muon_wd_exponent`) when the
+    recipe scales with width and keeps 0 (no scaling) for ``sp``. :meth:`exponents` resolves them.
     """
 
     name: str
@@ -67,6 +68,26 @@ class Recipe:
     @property
     def scales_with_width(self) -> bool:
         return self.lr_exponent != 0
+
+    def exponents(self, optimizer: str = "adamw",
+                  adjust_lr_fn: str | None = rules.DEFAULT_MUON_ADJUST_LR_FN) -> tuple[float, float]:
+        """``(lr_exponent, wd_exponent)`` of the hidden matrices under ``optimizer``: ``lr ~ m^-e_lr``, ``wd ~ m^e_wd``.
+
+        ``adamw``: the recipe's own. ``muon``: the spectral rule for Muon's ``adjust_lr_fn``
+        (:func:`rules.muon_lr_exponent`, :func:`rules.muon_wd_exponent`) when the recipe scales with width, 0 for
+        ``sp``; the recipe's ``muon_lr_exponent``/``muon_wd_exponent`` replace the derived values.
+        """
+        if optimizer not in rules.OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {', '.join(rules.OPTIMIZERS)}")
+        if optimizer == "adamw":
+            return float(self.lr_exponent), float(self.wd_exponent)
+        scale = 1.0 if self.scales_with_width else 0.0
+        lr, wd = rules.muon_lr_exponent(adjust_lr_fn) * scale, rules.muon_wd_exponent(adjust_lr_fn) * scale
+        if self.muon_lr_exponent is not None:
+            lr = self.muon_lr_exponent
+        if self.muon_wd_exponent is not None:
+            wd = self.muon_wd_exponent
+        return float(lr), float(wd)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -129,12 +150,18 @@ class Scaling:
     init_std: float | None = None
 
 
-def role_scaling(recipe: Recipe, role: Role, m: float, tensor_name: str = "weight", is_norm: bool = False) -> Scaling:
-    """The recipe's AdamW factors and init for a parameter of ``role`` at width multiplier ``m``."""
+def role_scaling(recipe: Recipe, role: Role, m: float, tensor_name: str = "weight", is_norm: bool = False,
+                 optimizer: str = "adamw", adjust_lr_fn: str | None = rules.DEFAULT_MUON_ADJUST_LR_FN) -> Scaling:
+    """The recipe's factors and init for a parameter of ``role`` at width multiplier ``m``.
+
+    ``optimizer`` is the one that trains this parameter: hidden matrices under ``muon`` take Muon's exponents
+    (:meth:`Recipe.exponents`, never Adam's ``1/m`` on top), everything else AdamW's.
+    """
     if role is Role.HIDDEN:
+        lr_exponent, wd_exponent = recipe.exponents(optimizer, adjust_lr_fn)
         return Scaling(
-            lr=rules.hidden_lr_factor(m, recipe.lr_exponent),
-            wd=rules.hidden_wd_factor(m, recipe.wd_exponent),
+            lr=rules.hidden_lr_factor(m, lr_exponent),
+            wd=rules.hidden_wd_factor(m, wd_exponent),
             init="normal",
             init_std=rules.hidden_init_std(recipe.init_std, m, recipe.init_exponent),
         )
@@ -144,19 +171,3 @@ def role_scaling(recipe: Recipe, role: Role, m: float, tensor_name: str = "weigh
         return Scaling(lr=1.0, wd=None, init=None)
     init = "zeros" if tensor_name == "bias" else "ones" if is_norm else None
     return Scaling(lr=1.0, wd=0.0, init=init)
-
-
-def muon_scaling(recipe: Recipe, m: float, adjust_lr_fn: str | None) -> tuple[float, float]:
-    """(lr factor, wd factor) of a hidden matrix trained by Muon: the spectral rule, never Adam's ``1/m``.
-
-    Width-scaling recipes use :func:`rules.muon_lr_factor` and :func:`rules.muon_wd_factor`; ``sp`` keeps
-    1 and 1. ``muon_lr_exponent``/``muon_wd_exponent`` on the recipe replace the derived rule.
-    """
-    lr, wd = rules.muon_lr_factor(m, adjust_lr_fn), rules.muon_wd_factor(m, adjust_lr_fn)
-    if not recipe.scales_with_width:
-        lr, wd = 1.0, 1.0
-    if recipe.muon_lr_exponent is not None:
-        lr = rules.hidden_lr_factor(m, recipe.muon_lr_exponent)
-    if recipe.muon_wd_exponent is not None:
-        wd = rules.hidden_wd_factor(m, recipe.muon_wd_exponent)
-    return lr, wd

@@ -13,15 +13,22 @@ import math
 
 __all__ = [
     "attention_query_multiplier",
+    "check_adjust_lr_fn",
     "hidden_init_std",
     "hidden_lr_factor",
     "hidden_wd_factor",
+    "muon_lr_exponent",
     "muon_lr_factor",
+    "muon_wd_exponent",
     "muon_wd_factor",
     "output_multiplier",
 ]
 
+OPTIMIZERS = ("adamw", "muon")
 MUON_ADJUST_LR_FNS = ("original", "match_rms_adamw")
+#: ``torch.optim.Muon``'s ``adjust_lr_fn`` that widthwise uses unless told otherwise: Muon's update RMS matches
+#: AdamW's, so one base LR serves both optimizers.
+DEFAULT_MUON_ADJUST_LR_FN = "match_rms_adamw"
 ATTENTION_SCALES = ("standard", "mup", "mup_exact")
 
 
@@ -100,7 +107,8 @@ def attention_query_multiplier(head_dim: int, base_head_dim: int, mode: str = "m
     return 1.0 / math.sqrt(head_dim)
 
 
-def _check_adjust(adjust_lr_fn: str | None) -> str:
+def check_adjust_lr_fn(adjust_lr_fn: str | None) -> str:
+    """``adjust_lr_fn`` as ``torch.optim.Muon`` resolves it (``None`` is ``"original"``); ValueError if unknown."""
     fn = "original" if adjust_lr_fn is None else adjust_lr_fn
     if fn not in MUON_ADJUST_LR_FNS:
         raise ValueError(
@@ -109,32 +117,43 @@ def _check_adjust(adjust_lr_fn: str | None) -> str:
     return fn
 
 
-def muon_lr_factor(m: float, adjust_lr_fn: str | None = "original") -> float:
-    """Width factor for Muon's learning rate on hidden matrices: the spectral rule, never muP's Adam ``1/m``.
+def muon_lr_exponent(adjust_lr_fn: str | None = "original") -> float:
+    """Width exponent ``e`` of Muon's learning rate on hidden matrices, ``lr ~ m^-e``: the spectral rule.
 
     The spectral condition for feature learning (Yang, Simon & Bernstein 2023, arXiv 2310.17813) asks for
     ``||dW||_2 ~ sqrt(fan_out/fan_in)``, which is width-independent when both dimensions scale together.
     Muon's orthogonalised update has spectral norm 1 times ``torch.optim.Muon``'s own adjustment:
 
-    - ``"original"``/``None``: ``sqrt(max(1, rows/cols))``, width-independent, so the factor is ``1``;
-    - ``"match_rms_adamw"``: ``0.2 * sqrt(max(rows, cols))``, which grows as ``sqrt(m)``, so the factor
-      ``m^-1/2`` cancels it.
+    - ``"original"``/``None``: ``sqrt(max(1, rows/cols))``, width-independent, so ``e = 0``;
+    - ``"match_rms_adamw"``: ``0.2 * sqrt(max(rows, cols))``, which grows as ``sqrt(m)``, so ``e = 1/2``
+      cancels it.
 
     Applying Adam's ``1/m`` on top would double-scale (Megatron-LM's observation; BRIEF section 4).
     """
+    return 0.0 if check_adjust_lr_fn(adjust_lr_fn) == "original" else 0.5
+
+
+def muon_wd_exponent(adjust_lr_fn: str | None = "original") -> float:
+    """Width exponent ``e`` of Muon's (coupled) weight decay on hidden matrices, ``wd ~ m^e``.
+
+    This is our derivation from a noise-only argument, not a published rule. A noise-driven Muon update has
+    all singular values equal, so each step adds ``(lr * s)^2 * min(rows, cols)`` to ``||W||_F^2`` (``s`` is
+    Muon's adjustment) while decay removes a fraction ``2 * lr * wd``. The equilibrium is
+    ``rms(W)^2 = lr * s^2 / (2 * wd * max(rows, cols))`` (the Muon analogue of Kosson et al. 2024,
+    arXiv 2305.17212). Keeping it at muP's ``1/fan_in`` init scale with the lr of :func:`muon_lr_exponent`
+    needs ``e = 0`` for ``"original"`` and ``e = 1/2`` for ``"match_rms_adamw"``; in both cases ``lr * wd``
+    stays constant.
+    """
+    return 0.0 if check_adjust_lr_fn(adjust_lr_fn) == "original" else 0.5
+
+
+def muon_lr_factor(m: float, adjust_lr_fn: str | None = "original") -> float:
+    """Width factor ``m ** -muon_lr_exponent(adjust_lr_fn)`` for Muon's learning rate on hidden matrices."""
     _check_m(m)
-    return 1.0 if _check_adjust(adjust_lr_fn) == "original" else m**-0.5
+    return m ** -muon_lr_exponent(adjust_lr_fn)
 
 
 def muon_wd_factor(m: float, adjust_lr_fn: str | None = "original") -> float:
-    """Width factor for Muon's (coupled) weight decay on hidden matrices.
-
-    A noise-driven Muon update has all singular values equal, so each step adds
-    ``(lr * s)^2 * min(rows, cols)`` to ``||W||_F^2`` (``s`` is Muon's adjustment) while decay removes a
-    fraction ``2 * lr * wd``. The equilibrium is ``rms(W)^2 = lr * s^2 / (2 * wd * max(rows, cols))``
-    (the Muon analogue of Kosson et al. 2024, arXiv 2305.17212). Keeping it at muP's ``1/fan_in`` init
-    scale with the lr of :func:`muon_lr_factor` needs ``wd`` constant for ``"original"`` and
-    ``wd ~ sqrt(m)`` for ``"match_rms_adamw"``; in both cases ``lr * wd`` stays constant.
-    """
+    """Width factor ``m ** muon_wd_exponent(adjust_lr_fn)`` for Muon's weight decay on hidden matrices."""
     _check_m(m)
-    return 1.0 if _check_adjust(adjust_lr_fn) == "original" else m**0.5
+    return m ** muon_wd_exponent(adjust_lr_fn)

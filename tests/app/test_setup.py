@@ -77,3 +77,19 @@ def test_multiplier_stats_by_layer_type():
     assert stats["attn.q_proj.row"] == {"mean": 1.0, "std": 0.0, "min": 1.0, "max": 1.0}
     assert "head.row" not in stats  # the paper's placement leaves the head alone
     assert len(stats) == 16
+
+
+def test_muon_plan_table_shows_what_the_optimizer_runs():
+    # tiny at width 64, base 16, Muon: the hidden matrices run lr 0.01 * 4^-1/2 (spectral rule), not AdamW's 0.01/4
+    c = load_config("tiny", ["model.width=64", "scaling.base_width=16", "optim.name=muon", "multipliers.lr=0.02",
+                             "multipliers.weight_decay=0.001"])
+    built = build(c, 300, torch.device("cpu"))
+    assert (built.plan.optimizer, built.plan.muon_adjust_lr_fn) == ("muon", "match_rms_adamw")
+    table = built.plan.table(c.optim.lr, c.optim.weight_decay, muon_lr=c.optim.muon_lr)
+    row = next(line.split() for line in table.splitlines() if line.startswith("blocks.0.attn.q_proj.weight "))
+    assert row[2] == "muon" and row[-3:] == ["0.005", "0.2", "0.001"]
+    groups = built.optimizer.optimizers["muon"].param_groups
+    muon = next(g for g in groups if "blocks.0.attn.q_proj.weight" in g["names"])
+    assert muon["initial_lr"] == pytest.approx(0.005) and muon["weight_decay"] == pytest.approx(0.2)
+    row = next(line.split() for line in table.splitlines() if line.startswith("blocks.0.attn.q_proj.weight.row "))
+    assert row[2] == "adamw" and row[-3:-1] == ["0.02", "0.001"]  # multipliers.lr / weight_decay, via the plan

@@ -157,8 +157,8 @@ def test_torch_compile_matches_eager(x_tokens):
         torch.testing.assert_close(p.grad, eager_grads[n], rtol=1e-4, atol=1e-5, msg=n)
 
 
-def _train(model, plan, optimizer, steps=8, lr=1e-2):
-    opt = ww.build_optimizer(model, plan, optimizer, lr=lr, weight_decay=0.1)
+def _train(model, plan, steps=8, lr=1e-2):
+    opt = ww.build_optimizer(model, plan, lr=lr, weight_decay=0.1)
     model.train()
     for step in range(steps):
         x = tokens(seed=step)
@@ -174,9 +174,9 @@ def _train(model, plan, optimizer, steps=8, lr=1e-2):
 def test_fold_after_training_is_exact_and_plain(optimizer, x_tokens):
     model = llama(128)
     ww.add_multipliers(model, kind="row_col")
-    plan = ww.plan(model, base=llama(64, meta=True), recipe="robust", attention_scale="mup_exact")
+    plan = ww.plan(model, base=llama(64, meta=True), recipe="robust", optimizer=optimizer, attention_scale="mup_exact")
     ww.init_weights(model, plan)
-    _train(model, plan, optimizer)
+    _train(model, plan)
     mults = ww.multiplier_parameters(model)
     assert any((p - 1).abs().max() > 1e-3 for p in mults), "multipliers did not move"
     with torch.no_grad():

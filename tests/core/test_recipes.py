@@ -3,7 +3,7 @@
 import pytest
 
 from widthwise import Role, get_recipe
-from widthwise.recipes import Recipe, muon_scaling, role_scaling
+from widthwise.recipes import Recipe, role_scaling
 
 
 def test_presets_at_m4():
@@ -33,13 +33,38 @@ def test_overrides_express_other_conventions():
     assert get_recipe(muadamw.to_dict()) == muadamw
 
 
-def test_muon_scaling():
-    robust = get_recipe("robust")
-    assert muon_scaling(robust, 4.0, "original") == (1.0, 1.0)
-    assert muon_scaling(robust, 4.0, "match_rms_adamw") == pytest.approx((0.5, 2.0))
-    assert muon_scaling(get_recipe("sp"), 4.0, "match_rms_adamw") == (1.0, 1.0)
+@pytest.mark.parametrize(("name", "optimizer", "adjust", "expected"), [
+    # AdamW: the recipe's own exponents (module docstring table)
+    ("sp", "adamw", None, (0.0, 0.0)), ("mup", "adamw", None, (1.0, 0.0)), ("robust", "adamw", None, (1.0, 0.5)),
+    # Muon: the spectral rule for width-scaling recipes, never Adam's 1/m; sp does not scale
+    ("robust", "muon", "match_rms_adamw", (0.5, 0.5)), ("robust", "muon", "original", (0.0, 0.0)),
+    ("robust", "muon", None, (0.0, 0.0)), ("mup", "muon", "match_rms_adamw", (0.5, 0.5)),
+    ("sp", "muon", "match_rms_adamw", (0.0, 0.0)), ("sp", "muon", "original", (0.0, 0.0)),
+])
+def test_exponents_per_optimizer(name, optimizer, adjust, expected):
+    assert get_recipe(name).exponents(optimizer, adjust) == expected
+
+
+def test_exponents_overrides_and_errors():
+    assert get_recipe("robust").exponents() == (1.0, 0.5)
+    assert get_recipe("robust").exponents("muon") == (0.5, 0.5)  # default adjust_lr_fn: match_rms_adamw
     custom = get_recipe("robust", muon_lr_exponent=1.0, muon_wd_exponent=0.0)
-    assert muon_scaling(custom, 4.0, "original") == (0.25, 1.0)
+    assert custom.exponents("muon", "match_rms_adamw") == (1.0, 0.0)
+    assert get_recipe("sp", muon_wd_exponent=1.0).exponents("muon", "original") == (0.0, 1.0)
+    assert custom.exponents("adamw") == (1.0, 0.5)  # Muon's overrides leave AdamW alone
+    with pytest.raises(ValueError, match="unknown optimizer 'sgd'"):
+        custom.exponents("sgd")
+    with pytest.raises(ValueError, match="unknown Muon adjust_lr_fn 'spectral'"):
+        custom.exponents("muon", "spectral")
+
+
+def test_role_scaling_under_muon_at_m4():
+    robust = get_recipe("robust")
+    h = role_scaling(robust, Role.HIDDEN, 4.0, optimizer="muon", adjust_lr_fn="match_rms_adamw")
+    assert (h.lr, h.wd, h.init_std) == (pytest.approx(0.5), pytest.approx(2.0), pytest.approx(0.01))
+    assert role_scaling(robust, Role.HIDDEN, 4.0, optimizer="muon", adjust_lr_fn="original").lr == 1.0
+    e = role_scaling(robust, Role.EMBEDDING, 4.0, optimizer="muon")
+    assert (e.lr, e.wd) == (1.0, 0.0)
 
 
 def test_bad_recipes():

@@ -56,6 +56,32 @@ def test_attention_query_multiplier():
     assert rules.attention_query_multiplier(d, 64, "mup") / math.sqrt(d) == pytest.approx(math.sqrt(64) / d)
 
 
+@pytest.mark.parametrize(("adjust", "lr_exponent", "wd_exponent"),
+                         [("original", 0.0, 0.0), (None, 0.0, 0.0), ("match_rms_adamw", 0.5, 0.5)])
+def test_muon_exponents(adjust, lr_exponent, wd_exponent):
+    assert rules.muon_lr_exponent(adjust) == lr_exponent
+    assert rules.muon_wd_exponent(adjust) == wd_exponent
+
+
+def test_muon_noise_equilibrium_holds_init_scale():
+    # Our derivation: rms(W)^2 = lr * s^2 / (2 * wd * max(rows, cols)) for Muon's adjustment s; with the width
+    # exponents it must fall as 1/m, like muP's 1/fan_in init variance. Hand values at d_base=256, m=4.
+    def rms2(lr, wd, d, adjust):
+        s2 = 0.04 * d if adjust == "match_rms_adamw" else 1.0
+        return lr * s2 / (2 * wd * d)
+    for adjust in ("original", "match_rms_adamw"):
+        lr = 0.02 * 4 ** -rules.muon_lr_exponent(adjust)
+        wd = 0.1 * 4 ** rules.muon_wd_exponent(adjust)
+        assert rms2(lr, wd, 1024, adjust) == pytest.approx(rms2(0.02, 0.1, 256, adjust) / 4)
+
+
+def test_check_adjust_lr_fn():
+    assert rules.check_adjust_lr_fn(None) == "original"
+    assert rules.check_adjust_lr_fn("match_rms_adamw") == "match_rms_adamw"
+    with pytest.raises(ValueError, match="unknown Muon adjust_lr_fn 'spectral'"):
+        rules.check_adjust_lr_fn("spectral")
+
+
 def test_muon_factors():
     assert rules.muon_lr_factor(4, "original") == 1.0
     assert rules.muon_lr_factor(4, None) == 1.0

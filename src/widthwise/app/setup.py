@@ -209,7 +209,9 @@ def _planned_models(config: Config, vocab_size: int, meta: bool = False):
     names = _add_multipliers(model, config, init)
     _add_multipliers(base, config, init)
     try:
-        the_plan = plan(model, base=base, recipe=recipe, forward_multipliers=False)
+        the_plan = plan(model, base=base, recipe=recipe, optimizer=config.optim.name,
+                        muon_adjust_lr_fn=config.optim.adjust_lr_fn, multiplier_lr=config.multipliers.lr,
+                        multiplier_weight_decay=config.multipliers.weight_decay, forward_multipliers=False)
     except ValueError as err:
         raise ConfigError(f"scaling.base_width: {err}") from None
     return model, model_cfg, declared_cfg, base_cfg, recipe, names, the_plan
@@ -229,9 +231,8 @@ def build(config: Config, vocab_size: int, device: torch.device) -> Built:
     o = config.optim
     try:
         optimizer = build_optimizer(
-            model, the_plan, o.name, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas), eps=o.eps,
-            multiplier_lr=config.multipliers.lr, multiplier_weight_decay=config.multipliers.weight_decay,
-            muon_lr=o.muon_lr, adjust_lr_fn=o.adjust_lr_fn, ns_dtype=o.ns_dtype, check_forward_multipliers=False,
+            model, the_plan, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas), eps=o.eps,
+            muon_lr=o.muon_lr, ns_dtype=o.ns_dtype, check_forward_multipliers=False,
         )
     except ValueError as err:
         raise ConfigError(f"optim: {err}") from None

@@ -323,7 +323,7 @@ def _run(config: Config, run_dir: Path, resume: Config | None, log: Callable[[st
     atomic_write_text(run_dir / "config.yaml",
                       yaml.safe_dump(resolved_config(config, session.built, extra), sort_keys=False))
     atomic_write_text(run_dir / "plan.txt", session.built.plan.table(config.optim.lr, config.optim.weight_decay,
-                                                                     config.multipliers.weight_decay) + "\n")
+                                                                     muon_lr=config.optim.muon_lr) + "\n")
     log(f"widthwise: {'resuming' if ckpt else 'training'} {run_dir} from step {session.step}: "
         f"{session.model.num_parameters(exclude_embedding=False) / 1e6:.2f}M parameters, recipe "
         f"{session.built.recipe.name}, multipliers {config.multipliers.kind}, {config.optim.name}, "

@@ -162,8 +162,7 @@ def plan_table(config: Config) -> str:
     except ValueError as err:  # the plan: shapes that do not scale consistently from the base
         raise ConfigError(f"model.width: {config.model.width} does not scale from the base width "
                           f"{config.scaling.base_width}: {err}") from None
-    table = built.plan.table(lr=o.lr, weight_decay=o.weight_decay,
-                             multiplier_weight_decay=config.multipliers.weight_decay)
+    table = built.plan.table(lr=o.lr, weight_decay=o.weight_decay, muon_lr=o.muon_lr)
     return f"{table}\n\n{optimizer_groups(built.optimizer)}"
 
 

@@ -14,7 +14,6 @@ from widthwise.app.analysis.calibration import (
     fit_width_exponent,
     intrinsic_exponent,
     invariant_wd_exponent,
-    muon_exponents,
     recipe_exponents,
     write_calibration,
 )
@@ -38,16 +37,17 @@ def test_intrinsic_exponent_hand_values():
     assert invariant_wd_exponent(0.75, 0.0) == 1.5
 
 
-def test_muon_exponents_resolve_like_the_optimizer():
+def test_recipe_exponents_are_the_recipes_own():
     robust = get_recipe("robust")
-    assert muon_exponents(robust, "match_rms_adamw") == (0.5, 0.5)
-    assert muon_exponents(robust, "original") == (0.0, 0.0)
-    assert muon_exponents(get_recipe("sp"), "match_rms_adamw") == (0.0, 0.0)
-    assert muon_exponents(get_recipe("robust", muon_wd_exponent=1.0), "original") == (0.0, 1.0)
-    assert recipe_exponents(robust, "adamw") == (1.0, 0.5)
     assert recipe_exponents(robust, "muon", "match_rms_adamw") == (0.5, 0.5)
+    assert recipe_exponents(robust, "muon", "original") == (0.0, 0.0)
+    assert recipe_exponents(get_recipe("sp"), "muon", "match_rms_adamw") == (0.0, 0.0)
+    assert recipe_exponents(get_recipe("robust", muon_wd_exponent=1.0), "muon", "original") == (0.0, 1.0)
+    assert recipe_exponents(robust, "adamw") == (1.0, 0.5)
+    custom = get_recipe("robust", muon_lr_exponent=0.3)
+    assert recipe_exponents(custom, "muon", "match_rms_adamw") == custom.exponents("muon", "match_rms_adamw")
     # Muon, match_rms_adamw under robust: measured p = 0.1 -> alpha = 0.1 + (0.5 + 0.5)/2 = 0.6 -> e_wd* = 0.7
-    alpha = intrinsic_exponent(0.1, *muon_exponents(robust, "match_rms_adamw"))
+    alpha = intrinsic_exponent(0.1, *recipe_exponents(robust, "muon", "match_rms_adamw"))
     assert alpha == pytest.approx(0.6)
     assert invariant_wd_exponent(alpha, 0.5) == pytest.approx(0.7)
 
@@ -177,6 +177,6 @@ def test_relaxation_times_use_the_hidden_exponents_the_optimizer_resolves():
     # robust AdamW at 4x the base: lr 0.01/4, wd 1.0*2 over 500 - 50/2 steps
     assert relaxation_times(config, 128) == pytest.approx(475 * 0.01 / 4 * 2.0)
     assert relaxation_times(config, 32) == pytest.approx(475 * 0.01)
-    # Muon with match_rms_adamw: hidden lr ~ m^-0.5, wd ~ m^0.5 (recipes.muon_scaling), so lr*wd is width-free
+    # Muon with match_rms_adamw: hidden lr ~ m^-0.5, wd ~ m^0.5 (Recipe.exponents), so lr*wd is width-free
     muon = apply_overrides(config, {"optim.name": "muon"})
     assert relaxation_times(muon, 128) == pytest.approx(475 * 0.01)

@@ -22,7 +22,7 @@ import yaml
 
 from ...diagnostics.naming import sort_layer_types
 from ...errors import SweepError
-from ...recipes import Recipe, muon_scaling
+from ...recipes import Recipe
 from ..atomic import atomic_savefig, atomic_write_text
 from ..config import config_keys, from_dict
 from ..setup import load_recipe
@@ -54,27 +54,14 @@ def invariant_wd_exponent(alpha: float, lr_exponent: float) -> float:
     return 2 * alpha - lr_exponent
 
 
-def muon_exponents(recipe: Recipe, adjust_lr_fn: str | None) -> tuple[float, float]:
-    """``(e_lr, e_wd)`` of the hidden matrices under Muon, resolved as the optimizer does (:func:`muon_scaling`).
+def recipe_exponents(recipe: Recipe, optimizer: str, adjust_lr_fn: str | None = None) -> tuple[float, float]:
+    """``(e_lr, e_wd)`` of the hidden matrices under ``optimizer`` as the plan resolves them: :meth:`Recipe.exponents`.
 
-    The algebra of arXiv 2510.15262 (:func:`intrinsic_exponent`) applies to these exponents. ``eta`` is Muon's
-    nominal LR (before ``adjust_lr_fn``'s shape factor, which ``alpha`` then absorbs); the derived WD exponent
+    The algebra of arXiv 2510.15262 (:func:`intrinsic_exponent`) applies to these exponents. Under Muon ``eta`` is
+    its nominal LR (before ``adjust_lr_fn``'s shape factor, which ``alpha`` then absorbs); the derived WD exponent
     ``e_wd + 2p`` does not depend on that convention.
     """
-    m = 4.0
-    lr, wd = muon_scaling(recipe, m, adjust_lr_fn)
-    return _clean(-math.log(lr) / math.log(m)), _clean(math.log(wd) / math.log(m))
-
-
-def recipe_exponents(recipe: Recipe, optimizer: str, adjust_lr_fn: str | None = None) -> tuple[float, float]:
-    """``(e_lr, e_wd)`` of the hidden matrices: the recipe's AdamW exponents, or Muon's for ``optimizer="muon"``."""
-    if optimizer == "muon":
-        return muon_exponents(recipe, adjust_lr_fn)
-    return float(recipe.lr_exponent), float(recipe.wd_exponent)
-
-
-def _clean(x: float) -> float:
-    return round(x, 12) + 0.0
+    return recipe.exponents(optimizer, adjust_lr_fn)
 
 
 @dataclass(frozen=True)
