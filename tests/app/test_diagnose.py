@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from widthwise.app.checkpoint import latest_checkpoint, load_checkpoint
 from widthwise.app.metrics import read_metrics
+from widthwise.app.rundir import RunDir
 from widthwise.app.setup import build
-from widthwise.app.trainer import read_run_config
 from widthwise.cli import main
 from widthwise.diagnostics.matrices import as_linear_map, effective_weight, matrix_sites, stored_weight
 
@@ -40,10 +39,9 @@ def diagnosed(run) -> dict:
 
 
 def _model_at(run: Path, step: int | None = None):
-    config = read_run_config(run)
-    built = build(config, config.model.vocab_size, torch.device("cpu"))
-    path = latest_checkpoint(run / "checkpoints") if step is None else run / "checkpoints" / f"step_{step:08d}"
-    built.model.load_state_dict(load_checkpoint(path).model, strict=False)
+    rundir = RunDir.open(run)
+    built = build(rundir.config(), rundir.resolved()["model"]["vocab_size"], torch.device("cpu"))
+    built.model.load_state_dict(rundir.checkpoint(step).model, strict=False)
     return built
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 import yaml
 
-from widthwise.app.config import apply_overrides, load_config
-from widthwise.app.setup import at_width, load_recipe, model_configs
+from widthwise.app.config import load_config
+from widthwise.app.rundir import RunDir
+from widthwise.app.setup import at_width, build, load_recipe, model_configs, resolved_config
 from widthwise.app.transfer import transfer_config, write_transfer
 from widthwise.errors import ConfigError, SweepError
 
@@ -16,25 +18,29 @@ FIT = {"lr": 0.004, "weight_decay": 0.1}  # base values of every family's fit; b
 FAMILIES = [("robust", "adamw", "transfers"), ("mup", "adamw", "drifts"), ("robust", "muon", "transfers")]
 
 
-def _run_config(recipe: str, optimizer: str, width: int) -> dict:
-    """A run's config.yaml as the trainer writes it: forward multipliers resolved, plus plan and resolved keys."""
+def _write_run(run_dir, recipe: str, optimizer: str, width: int, *overrides: str) -> None:
+    """A run's config.yaml as the trainer writes it (through RunDir, with what the run resolved), no training."""
     base = load_config("tiny", ["model.kv_heads=2", f"scaling.recipe={recipe}", f"optim.name={optimizer}",
-                                "optim.lr=0.003", "optim.weight_decay=0.2", "train.seed=3"])
-    config = apply_overrides(at_width(base, width), {"model.vocab_size": 512})
-    model_cfg, _ = model_configs(config, 512, load_recipe(config))
-    data = config.to_dict()
-    for key in ("embedding_multiplier", "head_multiplier", "attention_scale"):
-        data["model"][key] = getattr(model_cfg, key)
-    return {**data, "resolved": {"device": "cpu"}, "plan": {"version": 1}}
+                                "optim.lr=0.003", "optim.weight_decay=0.2", "train.seed=3", *overrides])
+    config = at_width(base, width)
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        built = build(config, 512, torch.device("meta"))
+    RunDir(run_dir).write_config(config, resolved_config(built, {"runtime": {"device": "cpu"}}), built.plan, "plan")
+
+
+def _to_legacy(run_dir) -> None:
+    """Rewrite a run's config.yaml in the earlier layout: resolved model/scaling values in the user's fields."""
+    data = yaml.safe_load((run_dir / "config.yaml").read_text())
+    for section in ("model", "scaling"):
+        data[section].update(data["resolved"].pop(section))
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
 
 
 def _family(sweep_dir, recipe: str, optimizer: str, verdict: str, widths=(16, 32)) -> dict:
     per_width = {}
     for w in widths:
         name = f"w{w}-{recipe}-{optimizer}"
-        (sweep_dir / "runs" / name).mkdir(parents=True)
-        (sweep_dir / "runs" / name / "config.yaml").write_text(
-            yaml.safe_dump(_run_config(recipe, optimizer, w), sort_keys=False))
+        _write_run(sweep_dir / "runs" / name, recipe, optimizer, w)
         best = {"lr": 0.003, "weight_decay": 0.2, "val_loss": 5.0, "run_id": f"{w:012d}", "run_dir": f"runs/{name}"}
         per_width[str(w)] = {"best": best, "fit": {**FIT, "val_loss": 4.9, "method": "quadratic", "at_edge": w == 16},
                              "ridge": [], "runs": 9, "completed": 9, "diverged": 0, "failed": 0,
@@ -157,3 +163,41 @@ def test_config_from_results_when_the_run_dir_is_gone(sweep_dir, tmp_path, monke
     monkeypatch.setattr(store, "read_results", lambda d: [])
     with pytest.raises(SweepError, match="nor a row in results.db"):
         transfer_config(tmp_path, 64)
+
+
+def test_the_runs_config_yaml_keeps_null_forward_multipliers_and_transfer_keeps_them_null(sweep_dir):
+    data = yaml.safe_load((sweep_dir / "runs" / "w32-robust-adamw" / "config.yaml").read_text())
+    assert [data["model"][k] for k in ("vocab_size", "embedding_multiplier", "head_multiplier", "attention_scale")] \
+        == [None, None, None, None] and data["scaling"]["base_width"] == 16
+    assert data["resolved"]["model"]["head_multiplier"] == 0.5 and data["resolved"]["model"]["vocab_size"] == 512
+    t = transfer_config(sweep_dir, 64, recipe="robust", optimizer="adamw")
+    m = t.config.model
+    assert (m.vocab_size, m.embedding_multiplier, m.head_multiplier, m.attention_scale) == (None, None, None, None)
+    assert not any("model." in w for w in t.warnings)
+
+
+def _one_family_sweep(root, *overrides: str, legacy: bool = False):
+    family = _family(root, "robust", "adamw", "transfers", widths=(32,))
+    run_dir = root / "runs" / "w32-robust-adamw"
+    _write_run(run_dir, "robust", "adamw", 32, *overrides)
+    if legacy:
+        _to_legacy(run_dir)
+    (root / "optima.json").write_text(json.dumps({"version": 1, "families": [family]}))
+    return transfer_config(root, 64)
+
+
+def test_a_forward_multiplier_the_user_set_stays_with_a_warning(tmp_path):
+    # 0.5 is what the recipe gives at width 32: set by the user, it is still the user's, not a resolved value
+    t = _one_family_sweep(tmp_path, "model.head_multiplier=0.5")
+    assert t.config.model.head_multiplier == 0.5 and t.config.model.attention_scale is None
+    assert t.warnings == ["model.head_multiplier is set to 0.5 in the run's config; it stays fixed at every width"]
+
+
+def test_a_run_of_the_earlier_layout_has_its_resolved_multipliers_released(tmp_path):
+    t = _one_family_sweep(tmp_path, legacy=True)
+    m = t.config.model
+    assert (m.embedding_multiplier, m.head_multiplier, m.attention_scale) == (None, None, None)
+    assert m.vocab_size == 512  # a resolved vocabulary in the user's field is harmless: the data gives the same
+    assert len(t.warnings) == 1 and "earlier layout" in t.warnings[0] and "model.head_multiplier" in t.warnings[0]
+    model_cfg, _ = model_configs(t.config, 512, load_recipe(t.config))
+    assert model_cfg.head_multiplier == 0.25

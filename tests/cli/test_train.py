@@ -45,8 +45,10 @@ def tiny_run(tmp_path_factory) -> Path:
 
 def test_tiny_run_directory_contract(tiny_run):
     config = __import__("yaml").safe_load((tiny_run / "config.yaml").read_text())
-    assert config["model"]["vocab_size"] >= 257 and config["scaling"]["base_width"] == 16
-    assert config["model"]["head_multiplier"] == 0.5  # robust recipe: head 1/m with m = 32/16
+    assert config["model"]["vocab_size"] is None and config["model"]["head_multiplier"] is None  # as the user left them
+    resolved = config["resolved"]
+    assert resolved["model"]["vocab_size"] >= 257 and resolved["scaling"]["base_width"] == 16
+    assert resolved["model"]["head_multiplier"] == 0.5  # robust recipe: head 1/m with m = 32/16
     assert config["resolved"]["runtime"]["muon_ns_dtype"] is None  # AdamW only
     roles = {p["name"]: p["role"] for p in config["plan"]["params"]}
     assert roles["head.weight"] == "head" and roles["blocks.0.attn.q_proj.weight"] == "hidden"

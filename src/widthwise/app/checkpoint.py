@@ -26,6 +26,8 @@ from .atomic import atomic_write_text, fsync_dir
 
 CHECKPOINT_VERSION = 1
 LATEST = "latest"
+#: The parts of a checkpoint stored as tensors (safetensors, torch.save); the rest is ``state.json``.
+TENSOR_PARTS = ("model", "optimizer", "scheduler", "rng")
 
 
 @dataclass
@@ -38,6 +40,17 @@ class Checkpoint:
     scheduler: dict[str, Any]
     rng: dict[str, Any]
     state: dict[str, Any]  # JSON: sampler state, tokens, world size, data fingerprint, ...
+
+    @classmethod
+    def of(cls, session_state: dict[str, Any], **extra: Any) -> Checkpoint:
+        """A checkpoint of a :meth:`Session.state_dict() <widthwise.app.session.Session.state_dict>` and ``extra``
+        JSON values (the trainer's own bookkeeping)."""
+        rest = {k: v for k, v in session_state.items() if k not in (*TENSOR_PARTS, "step")}
+        return cls(session_state["step"], *(session_state[k] for k in TENSOR_PARTS), state={**rest, **extra})
+
+    def session_state(self) -> dict[str, Any]:
+        """The state for :meth:`Session.load_state_dict`, with the extra values :meth:`of` stored beside it."""
+        return {"step": self.step, **{k: getattr(self, k) for k in TENSOR_PARTS}, **self.state}
 
 
 def _fsync_file(path: Path) -> None:

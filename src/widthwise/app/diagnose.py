@@ -10,8 +10,7 @@ sigma_max, norms against the equilibrium prediction, gains, drift.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -24,43 +23,30 @@ from ..diagnostics.matrices import as_linear_map, effective_weight, matrix_sites
 from ..diagnostics.multiplier_stats import drift_warnings, multiplier_stats, multiplier_values, symmetry_drift
 from ..diagnostics.naming import layer_type, pool_by_layer_type, sort_layer_types
 from ..diagnostics.spectra import rms
+from ..errors import RunError
 from ..roles import parameter_sites
-from .atomic import atomic_write_text
-from .metrics import json_safe, read_metrics
+from .config import apply_overrides
+from .rundir import RunDir
+from .session import Session
+
+logger = logging.getLogger(__name__)
 
 #: Elements of the tensor an AdamW ABM reference simulates (RMS is per element, so the shape does not matter).
 ABM_SHAPE = (128, 128)
 
 
-def diagnose(run_dir: Path, *, step: int | None = None, sequences: int = 16, plots: bool = True,
-             log: Callable[[str], None] | None = None) -> dict[str, Any]:
+def diagnose(run_dir: Path, *, step: int | None = None, sequences: int = 16, plots: bool = True) -> dict[str, Any]:
     """Measure the run's checkpoint (the latest, or ``step``), write ``diagnostics.json`` and plots; return it."""
-    from ..errors import RunError
-    from .checkpoint import latest_checkpoint, load_checkpoint
-    from .config import apply_overrides
-    from .trainer import _Run, read_run_config
-
-    run_dir = Path(run_dir)
-    log = log or (lambda msg: None)
-    config = read_run_config(run_dir, "diagnose")
-    config = apply_overrides(config, ["train.compile=false", "train.dtype=float32", "train.progress=false"])
-    ckpt_dir = run_dir / "checkpoints"
-    if step is None:
-        path = latest_checkpoint(ckpt_dir)
-        if path is None:
-            raise RunError(f"diagnose {run_dir}: no checkpoint to measure (the run wrote none yet)")
-    else:
-        path = ckpt_dir / f"step_{step:08d}"
-        if not path.is_dir():
-            have = sorted(p.name for p in ckpt_dir.glob("step_*")) if ckpt_dir.is_dir() else []
-            raise RunError(f"--step {step}: no checkpoint step_{step:08d} in {ckpt_dir} (have: "
-                           f"{', '.join(have) or 'none'})")
-    ckpt = load_checkpoint(path)
-    session = _Run(config, run_dir, log)
-    session.restore(ckpt)
+    run = RunDir.open(run_dir, "diagnose")
+    config = apply_overrides(run.config(), ["train.compile=false", "train.dtype=float32", "train.progress=false"])
+    ckpt = run.checkpoint(step)
+    if ckpt is None:
+        raise RunError(f"diagnose {run.path}: no checkpoint to measure (the run wrote none yet)")
+    session = Session(config)
+    session.load_state_dict(ckpt.session_state())
     model, built = session.model, session.built
     model.eval()
-    log(f"widthwise: diagnosing {run_dir} at step {ckpt.step}")
+    logger.info(f"diagnosing {run.path} at step {ckpt.step}")
 
     sites = matrix_sites(model, built.plan.roles())
     matrices: dict[str, dict[str, Any]] = {}
@@ -104,7 +90,7 @@ def diagnose(run_dir: Path, *, step: int | None = None, sequences: int = 16, plo
 
     drift = symmetry_drift(model)
     result: dict[str, Any] = {
-        "run_dir": str(run_dir), "step": ckpt.step, "recipe": built.recipe.name, "optimizer": config.optim.name,
+        "run_dir": str(run.path), "step": ckpt.step, "recipe": built.recipe.name, "optimizer": config.optim.name,
         "width": built.model_config.width, "base_width": built.base_config.width,
         "gain_sequences": int(batch.shape[0]), "matrices": matrices,
         "blocks": {k: v for k, v in gains.items() if k not in module_names},
@@ -114,14 +100,13 @@ def diagnose(run_dir: Path, *, step: int | None = None, sequences: int = 16, plo
                         "warnings": drift_warnings(drift, config.diagnostics.drift_threshold) if drift else []},
         "notes": _notes(matrices),
     }
-    atomic_write_text(run_dir / "diagnostics.json", json.dumps(json_safe(result), indent=1) + "\n")
+    run.write_diagnosis(result)
     if plots:
         from .diagnose_plots import write_diagnostic_plots
 
-        history = _history(run_dir / "diagnostics.jsonl", ckpt.step)
+        history = run.diagnostics_history(up_to=ckpt.step)
         result["plots"] = [str(p) for p in write_diagnostic_plots(
-            run_dir / "plots" / "diagnostics", result, spectra, multiplier_values(model), history, abm,
-            title=run_dir.name)]
+            run.diagnosis_plots_dir, result, spectra, multiplier_values(model), history, abm, title=run.path.name)]
     return result
 
 
@@ -133,12 +118,12 @@ def _svdvals(matrix: torch.Tensor) -> torch.Tensor:
     return torch.linalg.svdvals(matrix)
 
 
-def _gain_batch(session, sequences: int) -> torch.Tensor:
+def _gain_batch(session: Session, sequences: int) -> torch.Tensor:
     xs = torch.cat([x for x, _ in session.val])[:sequences]
     return xs.to(session.runtime.device)
 
 
-def _abm_references(session, report: dict[str, dict], step: int) -> dict[str, dict[str, Any]]:
+def _abm_references(session: Session, report: dict[str, dict], step: int) -> dict[str, dict[str, Any]]:
     """Per matrix, the ABM trajectory of its group (same optimizer, LR schedule, WD and init) up to ``step``.
 
     Matrices sharing (optimizer, peak LR, WD, init std, and for Muon the shape) share one simulation.
@@ -194,10 +179,6 @@ def _notes(matrices: dict[str, dict[str, Any]]) -> list[str]:
     if above:
         notes.append(f"{len(above)} matrices sit over 1.5x their ABM reference (signal-driven growth), e.g. {above[0]}")
     return notes
-
-
-def _history(path: Path, up_to: int) -> list[dict[str, Any]]:
-    return [r for r in read_metrics(path) if r.get("step", 0) <= up_to]
 
 
 __all__ = ["diagnose"]

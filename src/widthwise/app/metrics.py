@@ -1,9 +1,10 @@
-"""The run's live logs: ``metrics.jsonl``, ``diagnostics.jsonl`` (appended, flushed per record), TensorBoard."""
+"""A run's live logs: JSON lines (``metrics.jsonl``, ``diagnostics.jsonl``), flushed per record; TensorBoard."""
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,28 +36,28 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 class MetricsLog:
-    """Appends one JSON object per record to ``<stream>.jsonl`` and mirrors scalars to TensorBoard.
+    """Appends one JSON object per record to each stream's file and mirrors scalars to TensorBoard.
 
-    ``streams`` name the files (``metrics`` -> ``metrics.jsonl``); TensorBoard tags of a stream other than
-    ``metrics`` carry its name as a prefix. ``resume_step`` drops records after the checkpoint a run resumes
-    from (they will be produced again), rewriting each file atomically, and tells TensorBoard to purge those
-    steps.
+    ``files`` maps stream names to their ``.jsonl`` files (the run directory names them); TensorBoard tags of a
+    stream other than ``metrics`` carry its name as a prefix. ``resume_step`` drops records after the checkpoint a
+    run resumes from (they will be produced again), rewriting each file atomically, and tells TensorBoard to
+    purge those steps.
     """
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True, resume_step: int | None = None,
-                 streams: tuple[str, ...] = ("metrics",)) -> None:
+    def __init__(self, files: Mapping[str, Path], tensorboard_dir: Path | None = None,
+                 resume_step: int | None = None) -> None:
         self._files = {}
-        for stream in streams:
-            path = Path(run_dir) / f"{stream}.jsonl"
+        for stream, path in files.items():
+            path = Path(path)
             if resume_step is not None and path.exists():
                 kept = [r for r in read_metrics(path) if r.get("step", 0) <= resume_step]
                 atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
             self._files[stream] = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
         self._tb = None
-        if tensorboard:
+        if tensorboard_dir is not None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=resume_step)
+            self._tb = SummaryWriter(str(tensorboard_dir), purge_step=resume_step)
 
     def write(self, record: dict[str, Any], stream: str = "metrics",
               scalars: dict[str, Any] | None = None) -> None:

@@ -242,14 +242,13 @@ def build(config: Config, vocab_size: int, device: torch.device) -> Built:
     return Built(model, model_cfg, declared_cfg, base_cfg, recipe, the_plan, optimizer, scheduler, names)
 
 
-def resolved_config(config: Config, built: Built, extra: Mapping[str, Any]) -> dict[str, Any]:
-    """The config as run: ``null`` fields filled in, plus ``extra`` (runtime, data) as ``resolved`` and the plan."""
-    data = config.to_dict()
-    data["model"]["vocab_size"] = built.model_config.vocab_size
-    for key in ("embedding_multiplier", "head_multiplier", "attention_scale"):
-        data["model"][key] = getattr(built.declared_config, key)
-    data["scaling"]["base_width"] = built.base_config.width
-    return {**data, "resolved": json.loads(json.dumps(dict(extra))), "plan": built.plan.to_dict()}
+def resolved_config(built: Built, extra: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's ``resolved:`` section: the model and scaling fields as built (whatever the config left ``null``
+    resolved), then ``extra`` (runtime, data). The user's fields are never overwritten."""
+    declared = built.declared_config  # before absorption: what the config resolves to
+    model = {"vocab_size": built.model_config.vocab_size,
+             **{k: getattr(declared, k) for k in ("embedding_multiplier", "head_multiplier", "attention_scale")}}
+    return {"model": model, "scaling": {"base_width": built.base_config.width}, **json.loads(json.dumps(dict(extra)))}
 
 
 def apply_update(built: Built, config: Config) -> torch.Tensor | float:

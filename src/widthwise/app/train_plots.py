@@ -4,25 +4,27 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .atomic import atomic_savefig
-from .metrics import read_metrics
+
+if TYPE_CHECKING:
+    from .rundir import RunDir
 
 
 def _finite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
-def write_plots(run_dir: Path) -> list[Path]:
-    """Write ``plots/loss.png``, ``plots/lr.png`` and (with multipliers) ``plots/multipliers.png``."""
+def write_plots(run: RunDir) -> list[Path]:
+    """Write ``plots/loss.png``, ``plots/lr.png`` and (with multipliers) ``plots/multipliers.png`` from the metrics."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    run_dir = Path(run_dir)
-    records = read_metrics(run_dir / "metrics.jsonl")
-    out = run_dir / "plots"
+    records = run.metrics()
+    out = run.plots_dir
     out.mkdir(exist_ok=True)
     written = []
     train = [(r["tokens"], r["train_loss"]) for r in records if _finite(r.get("train_loss"))]
@@ -39,7 +41,7 @@ def write_plots(run_dir: Path) -> list[Path]:
         ax.plot(*zip(*val, strict=True), "o-", ms=4, lw=1.6, color="C3", label="validation")
     ax.set_xlabel("tokens")
     ax.set_ylabel("cross-entropy (nats/token)")
-    ax.set_title(f"{run_dir.name}: loss")
+    ax.set_title(f"{run.path.name}: loss")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -9,7 +9,6 @@ the config of the family's best run at ``from_width``, moved to the new width wi
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,14 +16,15 @@ from typing import Any
 import torch
 import yaml
 
-from ..errors import ConfigError, SweepError
+from ..errors import ConfigError, RunError, SweepError
 from .atomic import atomic_write_text
 from .config import Config, apply_overrides, config_keys, from_dict
-from .setup import at_width, build, load_recipe, model_configs
+from .rundir import RunDir
+from .setup import at_width, build
 
 #: Flags of ``widthwise transfer`` that pick a family, with the optima.json field each one matches.
 FAMILY_FLAGS = {"recipe": "--recipe", "optimizer": "--optimizer", "multipliers": "--multipliers"}
-#: Model fields a run's config.yaml stores resolved from the recipe at the run's width.
+#: Forward multipliers of the model: ``null`` takes the recipe's value at each width.
 FORWARD_KEYS = config_keys("forward", section="model")
 
 
@@ -93,17 +93,16 @@ def _pick_width(family: dict[str, Any], from_width: int | None) -> int:
     return from_width
 
 
-def _source_config(sweep_dir: Path, best: dict[str, Any]) -> Config:
-    """The config of the run ``best`` names: its run dir's config.yaml, else its row in results.db."""
-    from ..errors import RunError
-    from .trainer import read_run_config
-
+def _source_config(sweep_dir: Path, best: dict[str, Any]) -> tuple[Config, dict[str, Any], bool]:
+    """The config of the run ``best`` names, its ``resolved:`` section and whether its directory is of the legacy
+    layout: from its run dir's config.yaml, else (nothing resolved) its row in results.db."""
     run_dir = best.get("run_dir")
     if run_dir:
         path = Path(run_dir) if Path(run_dir).is_absolute() else Path(sweep_dir) / run_dir
         if path.is_dir():
             try:
-                return read_run_config(path, what="sweep run")
+                run = RunDir.open(path, what="sweep run")
+                return run.config(), run.resolved(), run.legacy
             except RunError as err:
                 raise SweepError(str(err)) from None
     from .sweep.store import read_results
@@ -115,48 +114,45 @@ def _source_config(sweep_dir: Path, best: dict[str, Any]) -> Config:
         raise SweepError(f"{where} and its results cannot be read ({err})") from None
     for row in rows:
         if row.get("run_id") == best.get("run_id"):
-            return from_dict(row["config"])
+            return from_dict(row["config"]), {}, False
     raise SweepError(f"{where} nor a row in results.db; rerun `widthwise analyze`")
 
 
 def vocab_size(config: Config) -> int:
-    """The model's vocabulary: ``model.vocab_size`` as resolved by a run, else the tokenizer's target size."""
+    """The model's vocabulary when nothing resolved it: ``model.vocab_size``, else the tokenizer's target size."""
     return config.model.vocab_size or config.data.vocab_size
 
 
-def release_forward_multipliers(config: Config) -> tuple[Config, list[str]]:
-    """``config`` with forward multipliers that a run resolved from the recipe set back to ``null``.
+def release_forward_multipliers(config: Config, legacy: bool = False) -> tuple[Config, list[str]]:
+    """``config`` with the forward multipliers it carries to the new width, and warnings about them.
 
-    A run's config.yaml stores ``head_multiplier`` (``1/m``) and ``attention_scale`` as resolved at its own
-    width; kept, they would freeze at the new width. Values that differ from the recipe's were set by the
-    user and stay (with a warning).
+    The user's values (``null``: the recipe's, resolved at each width) carry over as they are; a set value stays
+    fixed at every width, with a warning. A ``legacy`` run directory stored the values resolved at its own width in
+    the user's fields, where they would freeze: they are set back to ``null``, with a warning.
     """
     m = config.model
-    if all(getattr(m, k) is None for k in FORWARD_KEYS):
+    fixed = [k for k in FORWARD_KEYS if getattr(m, k) is not None]
+    if legacy and fixed:
+        names = ", ".join(f"model.{k}" for k in fixed)
+        return apply_overrides(config, {f"model.{k}": None for k in fixed}), [
+            f"the run's config.yaml is of the earlier layout, which stored {names} resolved at its width: they are "
+            "left to the recipe at the new width"]
+    if legacy:
         return config, []
-    bare = apply_overrides(config, dict.fromkeys((f"model.{k}" for k in FORWARD_KEYS), None))
-    resolved, _ = model_configs(bare, vocab_size(bare), load_recipe(bare))
-    release, warnings = {}, []
-    for key in FORWARD_KEYS:
-        value = getattr(m, key)
-        if value is None or math.isclose(value, getattr(resolved, key), rel_tol=1e-9):
-            release[f"model.{key}"] = None
-        else:
-            warnings.append(f"model.{key} is fixed at {value:.6g} in the run's config (the recipe gives "
-                            f"{getattr(resolved, key):.6g}); it stays fixed at every width")
-    return apply_overrides(config, release), warnings
+    return config, [f"model.{k} is set to {getattr(m, k):.6g} in the run's config; it stays fixed at every width"
+                    for k in fixed]
 
 
-def plan_table(config: Config) -> str:
+def plan_table(config: Config, vocab: int | None = None) -> str:
     """The plan at the config's width with absolute LR/WD per parameter, then the optimizer's groups.
 
     Builds model, plan and optimizer on the meta device (no memory, no init values), so it runs for any
-    width and rejects what the trainer would (:class:`ConfigError`).
+    width and rejects what the trainer would (:class:`ConfigError`). ``vocab``: the vocabulary a run resolved.
     """
     o = config.optim
     try:
         with torch.random.fork_rng(devices=[]), torch.device("meta"):
-            built = build(config, vocab_size(config), torch.device("meta"))
+            built = build(config, vocab or vocab_size(config), torch.device("meta"))
     except ConfigError:
         raise
     except ValueError as err:  # the plan: shapes that do not scale consistently from the base
@@ -197,11 +193,12 @@ def transfer_config(sweep_dir: Path, width: int, *, recipe: str | None = None, o
     fw = _pick_width(fam, from_width)
     entry = fam["per_width"][str(fw)]
     fit, best = entry["fit"], entry["best"]
-    source, warnings = release_forward_multipliers(_source_config(sweep_dir, best))
+    source, resolved, legacy = _source_config(sweep_dir, best)
+    source, warnings = release_forward_multipliers(source, legacy)
     config = at_width(source, width, what="--width")
     config = apply_overrides(config, {"optim.lr": float(fit["lr"]), "optim.weight_decay": float(fit["weight_decay"]),
                                       "scaling.base_width": source.scaling.base_width or fw})
-    table = plan_table(config)
+    table = plan_table(config, resolved.get("model", {}).get("vocab_size"))
     transfer = fam.get("transfer") or {}
     verdict, summary = str(transfer.get("verdict", "insufficient")), str(transfer.get("summary", ""))
     warnings += _warnings(fam, fw, width, fit, verdict, summary)

@@ -75,7 +75,7 @@ def test_a_sweep_run_equals_the_same_config_trained_directly(swept, tmp_path):
     root, sweep, _ = swept
     point = next(p for p in expand(load_sweep(sweep)) if p.params == {"model.width": 64, "optim.lr": 0.01})
     config = apply_overrides(point.config, {"train.threads": 1, "train.progress": False})
-    direct = trainer.start(config, tmp_path / "direct", log=lambda msg: None)
+    direct = trainer.start(config, tmp_path / "direct")
     assert direct.summary["val_loss"] == by_lr(read_results(root / "out"))[(64, 0.01)]["val_loss"]
 
 
@@ -140,7 +140,7 @@ def test_kill_9_of_a_worker_and_of_the_driver_loses_and_repeats_nothing(tmp_path
     # Nothing lost: the twice-interrupted runs log exactly the losses of uninterrupted ones.
     for point, run in zip(points, (first, second), strict=True):
         config = apply_overrides(point.config, {"train.threads": 1, "train.progress": False})
-        direct = trainer.start(config, tmp_path / f"direct-{run.name}", log=lambda msg: None)
+        direct = trainer.start(config, tmp_path / f"direct-{run.name}")
         assert [r["train_loss"] for r in read_metrics(run / "metrics.jsonl")] == \
             [r["train_loss"] for r in read_metrics(direct.run_dir / "metrics.jsonl")]
         assert rows[run.name]["val_loss"] == direct.summary["val_loss"]

@@ -58,7 +58,7 @@ def test_ray_sweep_runs_the_grid_resumes_a_killed_worker_and_matches_direct_trai
     assert rows[0.01]["worker"].startswith("ray:")
     assert [r["step"] for r in read_metrics(good / "metrics.jsonl")] == list(range(1, 61))
     config = apply_overrides(points[0].config, {"train.threads": 1, "train.progress": False})
-    direct = trainer.start(config, tmp_path / "direct", log=lambda msg: None)
+    direct = trainer.start(config, tmp_path / "direct")
     assert rows[0.01]["val_loss"] == direct.summary["val_loss"]
     assert [r["train_loss"] for r in read_metrics(good / "metrics.jsonl")] == \
         [r["train_loss"] for r in read_metrics(direct.run_dir / "metrics.jsonl")]

@@ -23,8 +23,8 @@ from ...optim.build import muon_ns_dtype
 from ...optim.muon import BatchedMuon
 from ...parametrizations import Multipliers
 from ..config import DiagnosticsConfig
+from ..session import Session
 from ..setup import build
-from ..trainer import _Run
 from .peak import peak_flops
 from .sessions import PlainLoop, Setting, session, train_step
 from .timing import interleaved, load_average, median_s, ratio, timed
@@ -37,14 +37,14 @@ VARIANTS: dict[str, list[str]] = {
 }
 
 
-def training_steps(runs: dict[str, _Run], plain: PlainLoop, reps: int, warmup: int) -> dict[str, list[float]]:
+def training_steps(runs: dict[str, Session], plain: PlainLoop, reps: int, warmup: int) -> dict[str, list[float]]:
     """Seconds per training step of each variant and of the plain loop, taking turns."""
     fns: dict[str, Callable[[], Any]] = {name: (lambda r=run: train_step(r)) for name, run in runs.items()}
     fns["plain_loop"] = plain.step
     return interleaved(fns, reps, warmup, runs["row_col"].runtime.device)
 
 
-def data_loader_seconds(run: _Run, reps: int) -> list[float]:
+def data_loader_seconds(run: Session, reps: int) -> list[float]:
     """Seconds the trainer's sampler takes to produce one batch (and move it to the device)."""
     device = run.runtime.device
 
@@ -55,7 +55,7 @@ def data_loader_seconds(run: _Run, reps: int) -> list[float]:
     return [timed(batch, device) for _ in range(reps)]
 
 
-def inference(row_col: _Run, none: _Run, reps: int) -> dict[str, Any]:
+def inference(row_col: Session, none: Session, reps: int) -> dict[str, Any]:
     """Forward time of the folded model and of the model with multipliers, each against the plain model."""
     config, device = row_col.config, row_col.runtime.device
     folded = build(config, row_col.built.model_config.vocab_size, device).model
@@ -89,7 +89,7 @@ def inference(row_col: _Run, none: _Run, reps: int) -> dict[str, Any]:
     }
 
 
-def spectra_and_diagnostics(run: _Run, rounds: int, steps_between: int) -> dict[str, Any]:
+def spectra_and_diagnostics(run: Session, rounds: int, steps_between: int) -> dict[str, Any]:
     """Power iteration against full SVD, and one diagnostics measurement against the steps it is spread over.
 
     Rounds alternate: ``steps_between`` training steps, then either the warm-started power iteration (as
@@ -99,7 +99,7 @@ def spectra_and_diagnostics(run: _Run, rounds: int, steps_between: int) -> dict[
     """
     device = run.runtime.device
     gain_batch = run.val[0][0][: run.config.diagnostics.gain_sequences].to(device)
-    monitor = TrainingDiagnostics(run.model, run.built.optimizer, gain_batch)
+    monitor = TrainingDiagnostics(run.model, run.optimizer, gain_batch)
     top_singular_values(run.model)  # fill the warm start
     warm, cold, svd, measure, errors = [], [], [], [], []
     for i in range(2 * rounds):
@@ -199,7 +199,7 @@ def measure_point(setting: Setting, reps: int, warmup: int = 1, rounds: int = 3,
         "unfolded_inference_ratio": infer["unfolded_inference_ratio"],
         "folded_outputs_match": infer["folded_outputs_match"],
         "muon_vs_adamw": ratio(steps["muon"], steps["row_col"]),
-        "muon_ns_dtype": muon_ns_dtype(runs["muon"].built.optimizer),
+        "muon_ns_dtype": muon_ns_dtype(runs["muon"].optimizer),
         "trainer_vs_plain_loop": ratio(steps["row_col"], steps["plain_loop"]),
         "diagnostics_overhead": round(1 + spectral["diagnostics_measure_s"] / (every * step_s["row_col"]), 5),
         "diagnostics_every": every,
@@ -220,14 +220,14 @@ def measure_point(setting: Setting, reps: int, warmup: int = 1, rounds: int = 3,
     return result
 
 
-def muon_optimizer(run: _Run, reps: int) -> dict[str, Any]:
+def muon_optimizer(run: Session, reps: int) -> dict[str, Any]:
     """Muon's step alone on the first block's hidden matrices: ``torch.optim.Muon`` against :class:`BatchedMuon`.
 
     Same gradients, same hyperparameters. ``BatchedMuon`` in bf16 gives bit-identical parameters to torch's
     (one batched Newton-Schulz per shape instead of a Python loop); ``auto`` also picks fp32 Newton-Schulz
     where bf16 matmuls are slow (CPUs without bf16 units).
     """
-    muon = run.built.optimizer.optimizers["muon"]
+    muon = run.optimizer.optimizers["muon"]
     group = muon.param_groups[0]
     first = [p for g in muon.param_groups for p, n in zip(g["params"], g["names"], strict=True)
              if n.startswith("blocks.0.")]

@@ -1,17 +1,15 @@
 """What ``widthwise bench`` times: real trainer sessions of the reference model, and a plain PyTorch loop.
 
 A :class:`Setting` is one (width, execution mode) point; :func:`session` builds the trainer's own
-``_Run`` for it (the data, model, plan, multipliers, optimizer, schedule, clipping and autocast that
-``widthwise train`` uses, without its run directory), and :class:`PlainLoop` is the minimal hand-written
+:class:`~widthwise.app.session.Session` for it (the data, model, plan, multipliers, optimizer, schedule, clipping
+and autocast that ``widthwise train`` uses; no run directory), and :class:`PlainLoop` is the minimal hand-written
 loop over the same model, batch shape and settings that a user would write without widthwise.
 """
 
 from __future__ import annotations
 
 import math
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -19,8 +17,8 @@ from ...errors import ConfigError
 from ...hardware import bf16_is_fast
 from ..config import Config, apply_overrides, load_config
 from ..runtime import resolve_device
+from ..session import Session
 from ..setup import at_width, build
-from ..trainer import _Run
 
 #: Execution modes: eager fp32, and compiled with bf16 autocast where bf16 is fast (else compiled fp32).
 MODES = ("eager_fp32", "compile")
@@ -72,13 +70,12 @@ def bench_config(setting: Setting, overrides: list[str] | tuple[str, ...] = ()) 
     return config
 
 
-def session(setting: Setting, overrides: list[str] | tuple[str, ...] = ()) -> _Run:
-    """A trainer session for ``setting`` (its run directory is never written)."""
-    config = bench_config(setting, overrides)
-    return _Run(config, Path(tempfile.gettempdir()) / "widthwise-bench-unused", log=lambda msg: None)
+def session(setting: Setting, overrides: list[str] | tuple[str, ...] = ()) -> Session:
+    """The training session of ``setting``."""
+    return Session(bench_config(setting, overrides))
 
 
-def train_step(run: _Run) -> float:
+def train_step(run: Session) -> float:
     """One step of ``widthwise train``'s loop: sample, forward, backward, clip, update, schedule, read the loss."""
     loss, _ = run.train_step()
     return float(loss)
@@ -93,7 +90,7 @@ class PlainLoop:
     and autocast as the run has them.
     """
 
-    def __init__(self, run: _Run) -> None:
+    def __init__(self, run: Session) -> None:
         config = run.config
         self.config, self.device, self.autocast = config, run.runtime.device, run.runtime.autocast
         built = build(config, run.built.model_config.vocab_size, self.device)

@@ -15,6 +15,7 @@ import contextlib
 import ctypes
 import fcntl
 import json
+import logging
 import os
 import shutil
 import signal
@@ -23,7 +24,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ...errors import EXIT_BAD_INPUT, EXIT_BUSY, WidthwiseError
+from ...errors import EXIT_BAD_INPUT, EXIT_BUSY, RunError, WidthwiseError
+from ..console import setup_logging
+from ..rundir import RunDir
+
+logger = logging.getLogger("widthwise.app.sweep.worker")  # not __name__: that is "__main__" under python -m
 
 _PR_SET_PDEATHSIG = 1
 
@@ -64,11 +69,11 @@ def train_point(config_data: dict[str, Any], run_dir: Path, threads: int) -> int
 
     with run_lock(run_dir) as locked:
         if not locked:
-            print(f"widthwise: {run_dir} is being trained by another process", file=sys.stderr)
+            logger.info(f"{run_dir} is being trained by another process")
             return EXIT_BUSY
         runtime = [f"train.threads={threads}", "train.progress=false"]
         try:
-            if (run_dir / "config.yaml").is_file():
+            if RunDir(run_dir).has_config():
                 result = trainer.resume(run_dir, runtime)
             else:
                 if run_dir.exists():  # a start killed before its config was written: no checkpoint can exist
@@ -76,36 +81,32 @@ def train_point(config_data: dict[str, Any], run_dir: Path, threads: int) -> int
                 config = apply_overrides(from_dict(config_data), runtime)
                 result = trainer.start(config, run_dir)
         except WidthwiseError as err:
-            print(f"widthwise: error: {' '.join(str(err).split())}", file=sys.stderr)
+            logger.error(" ".join(str(err).split()))
             return EXIT_BAD_INPUT
         return result.exit_code
 
 
 def collect_result(run_dir: Path) -> dict[str, Any] | None:
     """What a run directory says about its run: its summary and last diagnostics; ``None`` when unfinished."""
-    summary_file = run_dir / "summary.json"
-    if not summary_file.is_file():
-        return None
+    run = RunDir(run_dir)
     try:
-        summary = json.loads(summary_file.read_text(encoding="utf-8"))
-    except ValueError:
+        summary = run.summary()
+    except RunError:
         return None
-    if summary.get("status") not in ("completed", "diverged"):
+    if summary is None or summary.get("status") not in ("completed", "diverged"):
         return None
     result = {k: summary.get(k) for k in ("status", "final_train_loss", "tokens", "steps", "wall_s", "tokens_per_s")}
     result["val_loss"] = summary.get("val_loss") if summary["status"] == "completed" else None
-    result.update(diagnostics_summary(run_dir / "diagnostics.jsonl"))
+    result.update(diagnostics_summary(run.diagnostics_history()))
     result["error"] = None
     return result
 
 
-def diagnostics_summary(path: Path) -> dict[str, Any]:
+def diagnostics_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
     """From the last ``diagnostics.jsonl`` record: mean sigma_max and sublayer gain of the block matrices, and per
     layer type the means over blocks of sigma_max, sublayer gain, RMS and equilibrium ratio."""
     from ...diagnostics.naming import block_index, pool_by_layer_type
-    from ..metrics import read_metrics
 
-    records = read_metrics(path) if path.is_file() else []
     if not records:
         return {"sigma_max": None, "gain": None, "layer_types": {}}
     matrices = {n: m for n, m in records[-1].get("matrices", {}).items() if block_index(n) is not None}
@@ -126,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--parent", type=int, help="pid of the driver: exit when it is gone")
     args = parser.parse_args(argv)
+    setup_logging()
     die_with_parent(args.parent)
     config_data = json.loads(sys.stdin.read())
     return train_point(config_data, args.run_dir, args.threads)

@@ -1,0 +1,256 @@
+"""The run directory, the contract between ``train``, ``sweep``, ``diagnose``, ``transfer`` and ``analyze``.
+
+:class:`RunDir` owns every path of it and every read and write of its files; nothing else builds those paths:
+
+- ``config.yaml``: the user's config exactly as given (``null`` stays ``null``), then ``resolved:`` (every value
+  the run resolved: ``model.vocab_size``, forward multipliers, ``scaling.base_width``, runtime, data) and ``plan:``;
+- ``plan.txt``, ``metrics.jsonl``, ``diagnostics.jsonl``, ``summary.json``, ``samples.txt``, ``diagnostics.json``;
+- ``checkpoints/`` (:mod:`widthwise.app.checkpoint`), ``plots/``, ``tensorboard/``.
+
+Writes are atomic (:mod:`widthwise.app.atomic`). A missing or corrupt file is a :class:`RunError` naming the
+directory (as ``what``, e.g. ``--resume``) and the file. Directories of the earlier layout, whose user fields held
+the resolved values, still read: :attr:`RunDir.legacy` tells them apart.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from ..errors import ConfigError, RunError
+from .atomic import atomic_write_text
+from .checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import Config, from_dict, yaml_line
+from .metrics import MetricsLog, json_safe, read_metrics
+
+if TYPE_CHECKING:
+    from ..planning import Plan
+
+__all__ = ["RESOLVED_FIELDS", "RunDir"]
+
+#: User fields that a run resolves when they are ``null``, stored under ``resolved:`` (section -> keys).
+RESOLVED_FIELDS = {"model": ("vocab_size", "embedding_multiplier", "head_multiplier", "attention_scale"),
+                   "scaling": ("base_width",)}
+
+
+class RunDir:
+    """One run directory: its paths, and the reads and writes of its files.
+
+    ``RunDir(path)`` is a handle that checks nothing; :meth:`create` and :meth:`open` check the directory first.
+    """
+
+    def __init__(self, path: Path, what: str = "RUN_DIR") -> None:
+        self.path, self.what = Path(path), what
+        self._stored: dict[str, Any] | None = None
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    # -- opening ----------------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: Path, what: str = "--out") -> RunDir:
+        """A new run at ``path``, refused (:class:`RunError`) if it holds anything; made on the first write."""
+        path = Path(path)
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise RunError(f"{what} {path}: already exists and is not empty; use --resume {path} or another --out")
+        return cls(path, what)
+
+    @classmethod
+    def open(cls, path: Path, what: str = "RUN_DIR") -> RunDir:
+        """An existing run; :class:`RunError` naming ``what`` if it is missing or its ``config.yaml`` is corrupt."""
+        run = cls(path, what)
+        if not run.path.is_dir():
+            raise RunError(f"{what} {run.path}: no such run directory")
+        if not run.config_file.is_file():
+            raise RunError(f"{what} {run.path}: no config.yaml, not a widthwise run directory")
+        run.config()  # validates
+        return run
+
+    # -- paths ------------------------------------------------------------------------------------------
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def plan_file(self) -> Path:
+        return self.path / "plan.txt"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def diagnostics_file(self) -> Path:
+        """``diagnostics.jsonl``: what training measured every ``diagnostics.every`` steps."""
+        return self.path / "diagnostics.jsonl"
+
+    @property
+    def summary_file(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def samples_file(self) -> Path:
+        return self.path / "samples.txt"
+
+    @property
+    def diagnosis_file(self) -> Path:
+        """``diagnostics.json``: what ``widthwise diagnose`` measured on a checkpoint."""
+        return self.path / "diagnostics.json"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def plots_dir(self) -> Path:
+        return self.path / "plots"
+
+    @property
+    def diagnosis_plots_dir(self) -> Path:
+        return self.plots_dir / "diagnostics"
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.path / "tensorboard"
+
+    def has_config(self) -> bool:
+        """Whether the run got as far as writing its ``config.yaml`` (a start killed earlier left none)."""
+        return self.config_file.is_file()
+
+    def outputs(self) -> dict[str, Path]:
+        """What a finished run shows a user, by label, where it exists: loss curve, plots, metrics, samples."""
+        paths = {"loss curve": self.plots_dir / "loss.png", "plots": self.plots_dir, "metrics": self.metrics_file,
+                 "samples": self.samples_file}
+        return {label: path for label, path in paths.items() if path.exists()}
+
+    # -- config.yaml ------------------------------------------------------------------------------------
+    def _corrupt(self, name: str, why: str) -> RunError:
+        return RunError(f"{self.what} {self.path}: {name} is corrupt ({why})")
+
+    def _data(self) -> dict[str, Any]:
+        if self._stored is None:
+            try:
+                data = yaml.safe_load(self.config_file.read_text(encoding="utf-8"))
+            except FileNotFoundError:
+                raise RunError(f"{self.what} {self.path}: no config.yaml, not a widthwise run directory") from None
+            except (OSError, UnicodeDecodeError) as err:
+                raise self._corrupt("config.yaml", f"unreadable: {err.__class__.__name__}") from None
+            except yaml.YAMLError as err:
+                raise self._corrupt("config.yaml", f"not valid YAML{yaml_line(err)}") from None
+            if not isinstance(data, dict):
+                raise self._corrupt("config.yaml", "not a mapping of sections")
+            if not isinstance(data.get("resolved", {}), dict):
+                raise self._corrupt("config.yaml", "resolved: is not a mapping")
+            self._stored = data
+        return self._stored
+
+    def config(self) -> Config:
+        """The config the run was started with, as the user gave it (``null`` fields stay ``null``)."""
+        try:
+            return from_dict({k: v for k, v in self._data().items() if k not in ("plan", "resolved")})
+        except ConfigError as err:
+            raise self._corrupt("config.yaml", str(err)) from None
+
+    @property
+    def legacy(self) -> bool:
+        """Written by the earlier layout: resolved values in the user's fields, no ``resolved.model``."""
+        return "model" not in self._data().get("resolved", {})
+
+    def resolved(self) -> dict[str, Any]:
+        """The ``resolved:`` section (runtime, data, and per section the fields the run resolved).
+
+        For a :attr:`legacy` directory the resolved model and scaling fields are read from the user's fields,
+        where that layout stored them.
+        """
+        stored = dict(self._data().get("resolved", {}))
+        if self.legacy:
+            user = self.config().to_dict()
+            for section, keys in RESOLVED_FIELDS.items():
+                stored[section] = {k: user[section][k] for k in keys}
+        return stored
+
+    def plan(self) -> dict[str, Any]:
+        """The plan the run trained with (``Plan.to_dict()``)."""
+        plan = self._data().get("plan")
+        if not isinstance(plan, dict):
+            raise self._corrupt("config.yaml", "no plan: mapping")
+        return plan
+
+    def write_config(self, config: Config, resolved: Mapping[str, Any], plan: Plan, plan_table: str) -> None:
+        """Write ``config.yaml`` (user config, ``resolved:``, ``plan:``) and ``plan.txt``; make the directory."""
+        self.checkpoints_dir.mkdir(parents=True, exist_ok=True)
+        data = {**config.to_dict(), "resolved": json.loads(json.dumps(json_safe(dict(resolved)))),
+                "plan": plan.to_dict()}
+        atomic_write_text(self.config_file, yaml.safe_dump(data, sort_keys=False))
+        atomic_write_text(self.plan_file, plan_table + "\n")
+        self._stored = None
+
+    # -- summary.json, samples.txt, diagnostics.json ----------------------------------------------------
+    def summary(self) -> dict[str, Any] | None:
+        """``summary.json`` (``None`` while the run has written none); corrupt: :class:`RunError`."""
+        try:
+            summary = json.loads(self.summary_file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            raise self._corrupt("summary.json", err.__class__.__name__) from None
+        if not isinstance(summary, dict):
+            raise self._corrupt("summary.json", "not a JSON object")
+        return summary
+
+    def write_summary(self, summary: Mapping[str, Any]) -> None:
+        atomic_write_text(self.summary_file, json.dumps(json_safe(dict(summary)), indent=1) + "\n")
+
+    def samples(self) -> str | None:
+        """The text sampled from the trained model, ``None`` when there is none."""
+        return self.samples_file.read_text(encoding="utf-8").rstrip() if self.samples_file.is_file() else None
+
+    def write_samples(self, text: str) -> None:
+        atomic_write_text(self.samples_file, text + "\n")
+
+    def write_diagnosis(self, result: Mapping[str, Any]) -> None:
+        """Write ``diagnostics.json`` (``widthwise diagnose``'s measurement)."""
+        atomic_write_text(self.diagnosis_file, json.dumps(json_safe(dict(result)), indent=1) + "\n")
+
+    # -- metrics.jsonl, diagnostics.jsonl, TensorBoard --------------------------------------------------
+    def metrics(self) -> list[dict[str, Any]]:
+        """The records of ``metrics.jsonl`` (none if absent)."""
+        return read_metrics(self.metrics_file)
+
+    def diagnostics_history(self, up_to: int | None = None) -> list[dict[str, Any]]:
+        """The records of ``diagnostics.jsonl`` (none if absent), those up to step ``up_to`` if given."""
+        records = read_metrics(self.diagnostics_file)
+        return records if up_to is None else [r for r in records if r.get("step", 0) <= up_to]
+
+    def open_logs(self, diagnostics: bool, tensorboard: bool, resume_step: int | None = None) -> MetricsLog:
+        """The live logs: ``metrics.jsonl`` (and ``diagnostics.jsonl``), TensorBoard; ``resume_step``: MetricsLog's."""
+        files = {"metrics": self.metrics_file, **({"diagnostics": self.diagnostics_file} if diagnostics else {})}
+        return MetricsLog(files, self.tensorboard_dir if tensorboard else None, resume_step)
+
+    # -- checkpoints/ -----------------------------------------------------------------------------------
+    def checkpoint_steps(self) -> list[int]:
+        """Steps of the complete checkpoints on disk, oldest first."""
+        if not self.checkpoints_dir.is_dir():
+            return []
+        return sorted(int(p.name.removeprefix("step_")) for p in self.checkpoints_dir.glob("step_*")
+                      if p.is_dir() and p.name.removeprefix("step_").isdigit())
+
+    def checkpoint(self, step: int | None = None) -> Checkpoint | None:
+        """The latest checkpoint (``None`` if the run wrote none yet), or the one at ``step`` (absent: RunError)."""
+        if step is None:
+            path = latest_checkpoint(self.checkpoints_dir)
+            return None if path is None else load_checkpoint(path)
+        path = self.checkpoints_dir / f"step_{step:08d}"
+        if not path.is_dir():
+            have = ", ".join(f"step_{s:08d}" for s in self.checkpoint_steps()) or "none"
+            raise RunError(f"{self.what} {self.path}: no checkpoint step_{step:08d} in {self.checkpoints_dir} "
+                           f"(have: {have})")
+        return load_checkpoint(path)
+
+    def save_checkpoint(self, ckpt: Checkpoint, keep: int) -> Path:
+        """Write ``ckpt`` atomically and point ``latest`` at it, keeping the newest ``keep``."""
+        return save_checkpoint(self.checkpoints_dir, ckpt, keep=keep)

@@ -1,0 +1,99 @@
+"""Session: the trainer's steps from a Config with no run directory; its state carries a run on exactly."""
+
+from __future__ import annotations
+
+import ast
+import copy
+import math
+from pathlib import Path
+
+import pytest
+
+import widthwise
+from widthwise.app.checkpoint import Checkpoint
+from widthwise.app.config import load_config
+from widthwise.app.rundir import RunDir
+from widthwise.app.session import Session
+from widthwise.errors import CheckpointError
+
+pytestmark = pytest.mark.usefixtures("data_cache", "one_thread")
+
+FAST = ["train.threads=1", "train.progress=false", "diagnostics.every=null", "schedule.kind=constant"]
+
+
+@pytest.fixture(scope="module")
+def config():
+    return load_config("tiny", FAST)
+
+
+def _losses(session: Session, steps: int) -> list[float]:
+    return [float(session.train_step()[0]) for _ in range(steps)]
+
+
+def test_a_session_trains_and_writes_nothing(config, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    session = Session(config)
+    losses = _losses(session, 4)
+    assert (session.step, session.tokens) == (4, 4 * 8 * 32)
+    assert all(math.isfinite(x) for x in losses)
+    assert session.lr() == pytest.approx(config.optim.lr * 4 / 5)  # warmup: 5 steps
+    assert math.isfinite(session.evaluate())
+    assert session.optimizer is session.built.optimizer and session.plan is session.built.plan
+    resolved = session.resolved()
+    assert resolved["model"]["vocab_size"] == session.data.vocab_size and resolved["scaling"]["base_width"] == 16
+    assert resolved["data_fingerprint"] == session.data.fingerprint
+    assert list(tmp_path.iterdir()) == []  # no run directory, nothing else either
+
+
+def test_state_dict_round_trips_to_identical_next_losses(config):
+    first = Session(config)
+    _losses(first, 3)
+    state = copy.deepcopy(first.state_dict())
+    expected = _losses(first, 3)
+    again = Session(config)
+    again.load_state_dict(state)
+    assert (again.step, again.tokens) == (3, 3 * 8 * 32)
+    assert _losses(again, 3) == expected
+    assert again.evaluate() == first.evaluate()
+
+
+def test_state_survives_a_checkpoint_on_disk_with_the_trainers_extras(config, tmp_path):
+    first = Session(config)
+    _losses(first, 2)
+    run = RunDir(tmp_path / "run")
+    run.save_checkpoint(Checkpoint.of(first.state_dict(), elapsed_s=1.5), keep=1)
+    expected = _losses(first, 2)
+    ckpt = run.checkpoint()
+    assert ckpt.step == 2 and ckpt.state["elapsed_s"] == 1.5
+    again = Session(config)
+    again.load_state_dict(ckpt.session_state())
+    assert _losses(again, 2) == expected
+
+
+def test_a_state_that_does_not_fit_is_a_checkpoint_error(config):
+    session = Session(config)
+    state = session.state_dict()
+    with pytest.raises(CheckpointError, match="checkpoint step 0: the training data changed"):
+        session.load_state_dict({**state, "data_fingerprint": "other"})
+    with pytest.raises(CheckpointError, match="world size 2"):
+        session.load_state_dict({**state, "world_size": 2})
+    with pytest.raises(CheckpointError, match="weights do not fit the model"):
+        session.load_state_dict({**state, "model": {"nope": next(iter(state["model"].values()))}})
+
+
+def _private_imports(path: Path) -> list[str]:
+    """``from <widthwise module> import _name`` in ``path`` (relative, or absolute under ``widthwise``)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("widthwise")):
+            found += [f"{path.name}: {node.module}.{a.name}" for a in node.names
+                      if a.name.startswith("_") and not a.name.startswith("__")]
+    return found
+
+
+def test_no_module_imports_another_modules_private_names(tmp_path):
+    old = tmp_path / "sessions.py"  # what bench/sessions.py did before Session: the check catches it
+    old.write_text("from ..trainer import _Run\nfrom torch.optim.optimizer import _to_scalar\n")
+    assert _private_imports(old) == ["sessions.py: trainer._Run"]
+    root = Path(widthwise.__file__).parent
+    assert [hit for path in sorted(root.rglob("*.py")) for hit in _private_imports(path)] == []
