@@ -7,23 +7,27 @@ derives the WD exponent that would hold it constant.
 
 from __future__ import annotations
 
-import argparse
-import sys
+import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..diagnostics.equilibrium import relaxation_steps
 from ..errors import ConfigError
-from .analysis.calibration import calibrate_rows, recipe_exponents, write_calibration
+from . import defaults
+from .analysis.calibration import Calibration, calibrate_rows, recipe_exponents, write_calibration
 from .config import Config, parse_override
 from .setup import load_recipe
 from .sweep.driver import run_sweep
 from .sweep.spec import SweepSpec, base_config
 from .sweep.store import read_results
 
-DEFAULT_CONFIG = "tiny"
-DEFAULT_WIDTHS = (32, 64, 128)
-DEFAULT_STEPS = 500
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = defaults.CALIBRATE_CONFIG
+DEFAULT_WIDTHS = defaults.CALIBRATE_WIDTHS
+DEFAULT_STEPS = defaults.CALIBRATE_STEPS
 #: The default config made calibratable: multi-head attention at base width 32 and a WD strong enough that 500
 #: steps cover several relaxation times 1/(lr*wd) at every default width.
 DEFAULT_SET: dict[str, Any] = {"model.kv_heads": 2, "scaling.base_width": 32, "optim.weight_decay": 1.0}
@@ -35,9 +39,12 @@ MIN_RELAXATIONS = 2.0
 
 def calibration_spec(config: str | None, widths: Sequence[int], steps: int | None, overrides: Sequence[str],
                      seeds: int) -> SweepSpec:
-    """The sweep of a calibration: ``config`` at each width, constant LR, ``seeds`` seeds."""
+    """The sweep of a calibration: ``config`` at each width, constant LR, ``seeds`` seeds.
+
+    A bad argument is a :class:`ConfigError` whose message starts with its name (``widths: ...``).
+    """
     if len(set(widths)) < 3:
-        raise ConfigError(f"--widths: need at least 3 different widths to fit an exponent, got {list(widths)}")
+        raise ConfigError(f"widths: need at least 3 different widths to fit an exponent, got {list(widths)}")
     fixed: dict[str, Any] = dict(DEFAULT_SET) if config is None else {}
     fixed.update(RUN_SET)
     steps = steps or (DEFAULT_STEPS if config is None else None)
@@ -62,43 +69,51 @@ def relaxation_times(config: Config, width: int) -> float:
     return steps / relaxation_steps(config.optim.lr * m ** -e_lr, config.optim.weight_decay * m ** e_wd)
 
 
-def run_calibration(args: argparse.Namespace) -> int:
-    """The ``widthwise calibrate`` command: run (or resume) the sweep, fit, write recipe.yaml and the plot."""
+@dataclass(frozen=True)
+class CalibrationPlan:
+    """What a calibration will run: its sweep, the runs' base config, and the relaxation times each width covers."""
 
-    widths = args.widths or list(DEFAULT_WIDTHS)
-    spec = calibration_spec(args.config, widths, args.steps, args.overrides, args.seeds)
-    config = base_config(spec)
-    covered = {w: relaxation_times(config, w) for w in spec.grid["model.width"]}
-    print(f"calibrating recipe {config.scaling.recipe} with {config.optim.name} at widths "
-          f"{', '.join(map(str, covered))}: {config.train.steps} steps at lr {config.optim.lr:g}, wd "
-          f"{config.optim.weight_decay:g} (base width {config.scaling.base_width}); relaxation times covered: "
-          + ", ".join(f"{v:.1f}" for v in covered.values()))
-    low = [w for w, v in covered.items() if v < MIN_RELAXATIONS]
-    if low:
-        print(f"widthwise: warning: widths {low} cover fewer than {MIN_RELAXATIONS:g} relaxation times 1/(lr*wd): "
-              "they may not be in steady state; raise --steps or optim.weight_decay")
-    result = run_sweep(spec, args.out, workers=args.workers, threads=args.threads, executor=args.executor,
-                       address=args.address, progress=not args.quiet)
+    spec: SweepSpec
+    config: Config
+    relaxations: dict[int, float]
+
+    @property
+    def unsettled(self) -> list[int]:
+        """Widths covering fewer than :data:`MIN_RELAXATIONS` relaxation times: maybe not in steady state."""
+        return [w for w, v in self.relaxations.items() if v < MIN_RELAXATIONS]
+
+
+@dataclass
+class CalibrationRun:
+    """What :func:`run_calibration` did: the sweep's exit code and, when it completed, the fit and its files."""
+
+    plan: CalibrationPlan
+    exit_code: int
+    calibration: Calibration | None = None
+    paths: dict[str, Path] = field(default_factory=dict)
+
+
+def plan_calibration(config: str | None = None, widths: Sequence[int] = DEFAULT_WIDTHS, *, steps: int | None = None,
+                     overrides: Sequence[str] = (), seeds: int = 1) -> CalibrationPlan:
+    """The calibration of ``config`` (``None``: the calibratable default) at ``widths``; warns (log) about widths
+    that may not reach steady state."""
+    spec = calibration_spec(config, widths, steps, overrides, seeds)
+    base = base_config(spec)
+    plan = CalibrationPlan(spec, base, {w: relaxation_times(base, w) for w in spec.grid["model.width"]})
+    if plan.unsettled:
+        log.warning(f"widths {plan.unsettled} cover fewer than {MIN_RELAXATIONS:g} relaxation times 1/(lr*wd): "
+                    "they may not be in steady state; raise the steps or optim.weight_decay")
+    return plan
+
+
+def run_calibration(plan: CalibrationPlan, out: Path, *, metric: str = "sigma_max", workers: int | None = None,
+                    threads: int | None = None, executor: str = "local", address: str | None = None,
+                    progress: bool = True) -> CalibrationRun:
+    """Run (or resume) the plan's sweep in ``out``, fit the width exponent and write recipe.yaml, the JSON and plot."""
+    result = run_sweep(plan.spec, out, workers=workers, threads=threads, executor=executor, address=address,
+                       progress=progress)
     if result.exit_code != 0:
-        return result.exit_code
-    rows = [r for r in read_results(args.out) if r["status"] == "completed"]
-    cal = calibrate_rows(rows, metric=args.metric)
-    paths = write_calibration(cal, args.out)
-    print(calibration_table(cal))
-    for warning in cal.warnings:
-        print(f"widthwise: warning: {warning}", file=sys.stderr)
-    print(f"{cal.exponent_field} = {cal.derived_exponent:g} (runs used {cal.wd_exponent:g}; alpha {cal.alpha:.3f})")
-    for label, path in paths.items():
-        print(f"  {label}: {path}")
-    print(f"  use it: widthwise train CONFIG --set scaling.recipe={paths['recipe']}")
-    return 0
-
-
-def calibration_table(cal: Any) -> str:
-    """Per layer type and pooled: the measured width exponent p, its fit quality, alpha and the derived exponent."""
-    rows = [("layer", f"p ({cal.metric} ~ d^p)", "r2", "alpha", cal.exponent_field)]
-    for name, layer in [*cal.layers.items(), ("pooled", cal.pooled)]:
-        rows.append((name, f"{layer.fit.exponent:+.3f}", f"{layer.fit.r2:.3f}", f"{layer.alpha:.3f}",
-                     f"{layer.wd_exponent:.3f}"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+        return CalibrationRun(plan, result.exit_code)
+    rows = [r for r in read_results(out) if r["status"] == "completed"]
+    cal = calibrate_rows(rows, metric=metric)
+    return CalibrationRun(plan, 0, cal, write_calibration(cal, out))

@@ -30,7 +30,7 @@ def setup_logging(level: int = logging.INFO) -> logging.Logger:
         handler.set_name(_HANDLER_NAME)
         handler.setFormatter(_Format())
         logger.addHandler(handler)
-    handler.setStream(sys.stderr)  # pytest's capsys and tqdm swap sys.stderr: follow the current one
+    handler.stream = sys.stderr  # pytest's capsys and tqdm swap sys.stderr: follow it (setStream would flush the old)
     logger.setLevel(level)
     logger.propagate = False
     return logger

@@ -36,6 +36,8 @@ from ..diagnostics.naming import block_index, pool_by_layer_type
 from ..diagnostics.spectra import top_singular_values
 from ..errors import ConfigError
 from ..recipes import PRESETS
+from ..tables import format_table
+from . import defaults
 from .atomic import atomic_savefig, atomic_write_text
 from .config import Config, apply_overrides, load_config
 from .data import BatchSampler, TokenData, validation_batches
@@ -43,15 +45,12 @@ from .setup import Built, apply_update, build, config_device, head_dim, heads_at
 
 #: Activation measures (mean |coordinate|); these decide the verdict.
 ACTIVATIONS = ("embed_out", "attn_out", "mlp_out", "last_hidden", "logits")
-#: Default widths of ``widthwise coord-check``.
-DEFAULT_WIDTHS = (64, 128, 256, 512)
-DEFAULT_RECIPES = ("sp", "mup", "robust")
-DEFAULT_STEPS = 5
-#: The built-in config of the check and its learning rate (the base width's value). Measured at widths 64..512,
-#: 5 steps, seeds 0-2: ``sp`` grows with slope 1.3-2.7 in the block outputs and 0.5-0.7 in the logits, ``mup`` and
-#: ``robust`` stay within +-0.16 (at lr 1e-2 ``sp`` turns unstable at width 512 and its logit slope gets noisy).
-DEFAULT_CONFIG = "tiny"
-DEFAULT_LR = 3e-3
+#: Defaults of ``widthwise coord-check`` (measured: see :mod:`widthwise.app.defaults`).
+DEFAULT_WIDTHS = defaults.COORD_CHECK_WIDTHS
+DEFAULT_RECIPES = defaults.COORD_CHECK_RECIPES
+DEFAULT_STEPS = defaults.COORD_CHECK_STEPS
+DEFAULT_CONFIG = defaults.COORD_CHECK_CONFIG
+DEFAULT_LR = defaults.COORD_CHECK_LR
 #: A slope of log(mean |x|) against log(width) beyond this is growth (or shrinkage): 0.3 is 23% per doubling
 #: of the width. Measured ``sp`` slopes are >= 1.1 in the block outputs, ``mup``/``robust`` within +-0.16.
 DEFAULT_THRESHOLD = 0.3
@@ -106,39 +105,39 @@ def width_config(config: Config, width: int, base_width: int, recipe: str, steps
     return apply_overrides(config, overrides)
 
 
-def check_grid(config: Config, widths: Sequence[int], recipes: Sequence[str], steps: int, seeds: Sequence[int],
-               prefix: str = "") -> list[int]:
+def check_grid(config: Config, widths: Sequence[int], recipes: Sequence[str], steps: int,
+               seeds: Sequence[int]) -> list[int]:
     """The sorted widths, after checking every width, recipe, step count and seed; ``ConfigError`` otherwise.
 
-    Messages name the argument (``widths: ...``), after ``prefix`` (the CLI passes ``"--"``).
+    Messages start with the name of the argument at fault (``widths: ...``), so a caller can add its own spelling.
     """
     for name, values in (("widths", widths), ("steps", [steps]), ("seeds", seeds)):
         for v in values:
             if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "seeds" else 1):
-                raise ConfigError(f"{prefix}{name}: expected {'non-negative' if name == 'seeds' else 'positive'} "
+                raise ConfigError(f"{name}: expected {'non-negative' if name == 'seeds' else 'positive'} "
                                   f"integers, got {v!r}")
     ordered = sorted(set(widths))
     if len(ordered) < 2:
-        raise ConfigError(f"{prefix}widths: need at least 2 different widths to fit a slope, got {list(widths)}")
+        raise ConfigError(f"widths: need at least 2 different widths to fit a slope, got {list(widths)}")
     if not seeds:
-        raise ConfigError(f"{prefix}seeds: need at least one seed")
+        raise ConfigError("seeds: need at least one seed")
     if not recipes:
-        raise ConfigError(f"{prefix}recipes: need at least one recipe")
+        raise ConfigError("recipes: need at least one recipe")
     for recipe in recipes:
         if recipe not in PRESETS and not str(recipe).endswith((".yaml", ".yml", ".json")):
-            raise ConfigError(f"{prefix}recipes: unknown recipe {recipe!r}; expected {', '.join(PRESETS)} or a "
+            raise ConfigError(f"recipes: unknown recipe {recipe!r}; expected {', '.join(PRESETS)} or a "
                               "recipe file (.yaml/.json)")
     dh = head_dim(config)
     for width in ordered:
         if width % dh:
-            raise ConfigError(f"{prefix}widths: {width} is not a multiple of the head dim {dh} (model.width / "
+            raise ConfigError(f"widths: {width} is not a multiple of the head dim {dh} (model.width / "
                               "model.heads of the config)")
         for recipe in recipes:
             try:
                 cfg = width_config(config, width, ordered[0], recipe, steps)
                 model_configs(cfg, 257, load_recipe(cfg))
             except ConfigError as err:
-                raise ConfigError(f"{prefix}widths: width {width}: {err}") from None
+                raise ConfigError(f"widths: width {width}: {err}") from None
     return ordered
 
 
@@ -400,15 +399,13 @@ class CoordCheck:
         """Slopes of the activation measures per recipe, with the verdict: a short text table."""
         slopes, verdict = self.slopes(), self.verdict(threshold)
         cols = [c for c in _SHORT if c in ACTIVATIONS or c in self.measures()]
-        width = max(len(_SHORT[c]) for c in cols) + 2
-        lines = [f"{'recipe':<8}" + "".join(f"{_SHORT[c]:>{width}}" for c in cols) + "   verdict"]
-        for recipe in self.recipes:
-            cells = "".join(f"{slopes[recipe].get(c, math.nan):>+{width}.2f}" for c in cols)
-            v = verdict[recipe]
-            lines.append(f"{recipe:<8}{cells}   {v['verdict']}{'' if v['passes'] else ' (fails)'}")
+        rows = [[recipe, *(f"{slopes[recipe].get(c, math.nan):+.2f}" for c in cols),
+                 f"{verdict[recipe]['verdict']}{'' if verdict[recipe]['passes'] else ' (fails)'}"]
+                for recipe in self.recipes]
+        text = format_table(rows, header=["recipe", *(_SHORT[c] for c in cols), "verdict"])
         if len(cols) > len(ACTIVATIONS):
-            lines.append("(verdict from the activations; sigma_max and gain: means over the hidden matrices)")
-        return "\n".join(lines)
+            text += "\n(verdict from the activations; sigma_max and gain: means over the hidden matrices)"
+        return text
 
     def plot(self, path: str | Path) -> Path:
         """A grid of value against width (log-log), rows: key measures, columns: recipes, one line per step."""

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from ... import __version__
 from ...errors import ConfigError
+from ...tables import format_table
 from ..atomic import atomic_write_text
 from .figures import measure_point, muon_optimizer
 from .sessions import MODES, Setting, bench_config, session
@@ -134,18 +135,17 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 def table(report: dict[str, Any]) -> str:
     """The figures as a plain-text table, one row per (width, mode)."""
-    header = ("width", "mode", "tok/s", "mult", "folded", "muon/adamw", "trainer/plain", "diag", "PI speedup",
-              "PI err", "loader", "MFU")
-    rows = [header]
+    header = ["width", "mode", "tok/s", "mult", "folded", "muon/adamw", "trainer/plain", "diag", "PI speedup",
+              "PI err", "loader", "MFU"]
+    rows = []
     for r in report["results"]:
-        rows.append((str(r["width"]), r["mode"], f"{r['tokens_per_s']['row_col']:,.0f}",
+        rows.append((r["width"], r["mode"], f"{r['tokens_per_s']['row_col']:,.0f}",
                      f"{r['multiplier_train_overhead']['ratio']:.3f}", f"{r['folded_inference_ratio']['ratio']:.3f}",
                      f"{r['muon_vs_adamw']['ratio']:.3f}", f"{r['trainer_vs_plain_loop']['ratio']:.3f}",
                      f"{r['diagnostics_overhead']:.4f}", f"{r['power_iteration_speedup']:.1f}x",
                      f"{r['power_iteration_rel_error']:.1e}", f"{100 * r['data_loader_share']:.2f}%",
                      "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  " + "  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    lines = format_table(rows, header=header, indent="  ", align="right").splitlines()
     targets = ", ".join(f"{k} <= {v}: {'met' if report['summary'][k]['met'] else 'MISSED'} "
                         f"(worst {report['summary'][k]['max']:.4g})" for k, v in TARGETS.items())
     m = report["muon_optimizer"]
