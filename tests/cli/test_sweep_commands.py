@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from widthwise.app.config import load_config
-from widthwise.app.setup import load_recipe
+from widthwise.app.setup import load_recipe, plan_for
 from widthwise.app.sweep.store import read_results
 from widthwise.cli import main
 
@@ -68,8 +68,13 @@ def test_transfer_writes_a_trainable_config_at_the_target_width(sweep_dir, tmp_p
     assert (config.optim.lr, config.optim.weight_decay) == (fit["lr"], fit["weight_decay"])
     assert config.train.steps == 16 and config.scaling.recipe == "robust"
     assert "plan at width 256" in out and "blocks.0.mlp.up_proj.weight" in out
-    # robust at 8x the base width: hidden LR / 8, WD x sqrt(8), shown as absolute values
-    assert f"{fit['lr'] / 8:.3g}" in out and f"{fit['weight_decay'] * 8 ** 0.5:.3g}" in out
+    # robust at 8x the base width: hidden LR / 8, WD x sqrt(8), in the plan and as the absolute values shown
+    up = plan_for(config, config.data.vocab_size).params["blocks.0.mlp.up_proj.weight"]  # (any vocab: a hidden matrix)
+    lr, wd = up.lr(config.optim.lr, config.optim.muon_lr), up.weight_decay(config.optim.weight_decay)
+    assert lr == pytest.approx(fit["lr"] / 8, rel=1e-12) and wd == pytest.approx(fit["weight_decay"] * 8 ** 0.5)
+    row = next(line for line in out.splitlines() if line.startswith("blocks.0.mlp.up_proj.weight "))
+    shown = [float(cell) for cell in row.split()[-3:]]  # the table's last columns: lr, wd, lr*wd
+    assert shown == pytest.approx([lr, wd, lr * wd], rel=1e-3)  # printed to 4 significant digits
     assert main(["transfer", str(sweep_dir), "--width", "256", "--out", str(target)]) == 2
     assert "exists" in capsys.readouterr().err
     assert main(["transfer", str(sweep_dir), "--width", "40", "--out", str(tmp_path / "b.yaml")]) == 2
