@@ -7,6 +7,10 @@ import io
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def fsync_dir(directory: Path) -> None:
@@ -24,8 +28,11 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_savefig(fig, path: Path, **kwargs) -> Path:
-    """Save a matplotlib figure to ``path`` atomically (``kwargs`` go to ``savefig``, e.g. ``dpi``)."""
+def atomic_savefig(fig: Figure, path: Path, **kwargs: Any) -> Path:
+    """Save a matplotlib figure to ``path`` atomically (``kwargs`` go to ``savefig``, e.g. ``dpi``).
+
+    The figure renders by the file type (Agg for PNG) whatever backend is active, and pyplot is not involved.
+    """
     buffer = io.BytesIO()
     fig.savefig(buffer, format=Path(path).suffix.lstrip(".") or "png", **kwargs)
     atomic_write_bytes(path, buffer.getvalue())

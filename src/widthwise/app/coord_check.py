@@ -41,6 +41,7 @@ from . import defaults
 from .atomic import atomic_savefig, atomic_write_text
 from .config import Config, apply_overrides, load_config
 from .data import BatchSampler, TokenData, validation_batches
+from .plotting import colormap, subplots
 from .setup import Built, apply_update, build, config_device, head_dim, heads_at, load_data, load_recipe, model_configs
 
 #: Activation measures (mean |coordinate|); these decide the verdict.
@@ -414,18 +415,14 @@ class CoordCheck:
 
 def plot_coord_check(check: CoordCheck, path: Path) -> Path:
     """Draw :meth:`CoordCheck.plot`: x = width (log2), y = value (log), lines coloured by step (viridis)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
     present = check.measures()
     rows = [m for m in PLOT_ROWS if m in present]
     slopes = check.slopes()
-    cmap, norm = plt.get_cmap("viridis"), Normalize(0, max(check.steps, 1))
-    fig, axes = plt.subplots(len(rows), len(check.recipes), figsize=(3.6 * len(check.recipes) + 1, 2.6 * len(rows)),
+    cmap, norm = colormap("viridis"), Normalize(0, max(check.steps, 1))
+    fig, axes = subplots(len(rows), len(check.recipes), figsize=(3.6 * len(check.recipes) + 1, 2.6 * len(rows)),
                              sharex=True, sharey="row", squeeze=False)
     for i, m in enumerate(rows):
         for j, recipe in enumerate(check.recipes):
@@ -452,5 +449,4 @@ def plot_coord_check(check: CoordCheck, path: Path) -> Path:
     bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes, fraction=0.02, pad=0.02)
     bar.set_label("step (0 = init)")
     atomic_savefig(fig, path, dpi=110)
-    plt.close(fig)
     return path

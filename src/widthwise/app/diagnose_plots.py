@@ -12,12 +12,13 @@ import torch
 from ..diagnostics.equilibrium import equilibrium_rms
 from ..diagnostics.naming import LAYER_ORDER, block_index, layer_type, sort_layer_types
 from .atomic import atomic_savefig
+from .plotting import colormap, subplots
 
 
-def _grid(plt, n: int, cols: int = 4, size: tuple[float, float] = (3.3, 2.6), **kwargs):
+def _grid(n: int, cols: int = 4, size: tuple[float, float] = (3.3, 2.6), **kwargs):
     cols = max(1, min(cols, n))
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(size[0] * cols, size[1] * rows), squeeze=False, **kwargs)
+    fig, axes = subplots(rows, cols, figsize=(size[0] * cols, size[1] * rows), squeeze=False, **kwargs)
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
     return fig, list(axes.flat)[:n]
@@ -47,33 +48,27 @@ def write_diagnostic_plots(
     title: str = "",
 ) -> list[Path]:
     """Write the diagnostic figures into ``out`` and return their paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    written = [_spectra(plt, out / "spectra.png", spectra, title), _sigma_max(plt, out / "sigma_max.png", result)]
-    written.append(_equilibrium(plt, out / "equilibrium.png", result, history, abm))
-    written.append(_gains(plt, out / "gains.png", result, history))
+    written = [_spectra(out / "spectra.png", spectra, title), _sigma_max(out / "sigma_max.png", result)]
+    written.append(_equilibrium(out / "equilibrium.png", result, history, abm))
+    written.append(_gains(out / "gains.png", result, history))
     if multipliers:
-        written.append(_multiplier_histograms(plt, out / "multipliers.png", multipliers))
+        written.append(_multiplier_histograms(out / "multipliers.png", multipliers))
     drift = [(r["step"], r["symmetry"]) for r in history if r.get("symmetry")]
     if drift or result["multipliers"].get("symmetry"):
-        written.append(_symmetry(plt, out / "symmetry.png", drift, result))
-    plt.close("all")
+        written.append(_symmetry(out / "symmetry.png", drift, result))
     return written
 
 
-def _spectra(plt, path: Path, spectra: Mapping[str, torch.Tensor], title: str) -> Path:
+def _spectra(path: Path, spectra: Mapping[str, torch.Tensor], title: str) -> Path:
     """Singular values of each matrix (index normalised to [0, 1]), one panel per layer type, a line per block."""
     by_type: dict[str, list[tuple[int, torch.Tensor]]] = {}
     for name, sv in spectra.items():
         by_type.setdefault(layer_type(name), []).append((block_index(name) or 0, sv))
     types = sort_layer_types(by_type)
-    fig, axes = _grid(plt, len(types))
-    cmap = plt.get_cmap("viridis")
+    fig, axes = _grid(len(types))
+    cmap = colormap("viridis")
     depth = max((b for entries in by_type.values() for b, _ in entries), default=0) + 1
     for ax, kind in zip(axes, types, strict=True):
         for b, sv in sorted(by_type[kind], key=lambda e: e[0]):
@@ -92,12 +87,12 @@ def _spectra(plt, path: Path, spectra: Mapping[str, torch.Tensor], title: str) -
     return atomic_savefig(fig, path, dpi=110)
 
 
-def _sigma_max(plt, path: Path, result: Mapping[str, Any]) -> Path:
+def _sigma_max(path: Path, result: Mapping[str, Any]) -> Path:
     """Top singular value by block for each layer type (solid: effective weight, dashed: stored weight)."""
     matrices = result["matrices"]
     in_blocks = {n: m for n, m in matrices.items() if block_index(n) is not None}
     outside = {n: m for n, m in matrices.items() if block_index(n) is None}
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 1]})
+    fig, (ax, ax2) = subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 1]})
     for i, kind in enumerate(sort_layer_types(m["layer_type"] for m in in_blocks.values())):
         pts = sorted((block_index(n), m) for n, m in in_blocks.items() if m["layer_type"] == kind)
         blocks = [b for b, _ in pts]
@@ -124,12 +119,12 @@ def _sigma_max(plt, path: Path, result: Mapping[str, Any]) -> Path:
     return atomic_savefig(fig, path, dpi=110)
 
 
-def _equilibrium(plt, path: Path, result: Mapping[str, Any], history: list[dict[str, Any]],
+def _equilibrium(path: Path, result: Mapping[str, Any], history: list[dict[str, Any]],
                  abm: Mapping[str, Mapping[str, Any]]) -> Path:
     """RMS of each stored matrix over training against its ABM reference and the instantaneous equilibrium."""
     matrices = result["matrices"]
     types = sort_layer_types(m["layer_type"] for m in matrices.values())
-    fig, axes = _grid(plt, len(types), sharex=True)
+    fig, axes = _grid(len(types), sharex=True)
     for ax, kind in zip(axes, types, strict=True):
         names = sorted((n for n, m in matrices.items() if m["layer_type"] == kind), key=lambda n: block_index(n) or 0)
         for i, name in enumerate(names):
@@ -138,7 +133,7 @@ def _equilibrium(plt, path: Path, result: Mapping[str, Any], history: list[dict[
             if not pts:
                 pts = [(result["step"], matrices[name]["rms"])]
             ax.plot(*zip(*pts, strict=True), "o-" if len(pts) == 1 else "-", ms=3, lw=1, alpha=0.8,
-                    color=plt.get_cmap("viridis")(i / max(1, len(names) - 1)),
+                    color=colormap("viridis")(i / max(1, len(names) - 1)),
                     label="rms(V) by block" if i == 0 else None)
         ref = abm.get(names[0]) if names else None
         if ref is not None and ref["trajectory"]:
@@ -160,7 +155,7 @@ def _equilibrium(plt, path: Path, result: Mapping[str, Any], history: list[dict[
     return atomic_savefig(fig, path, dpi=110)
 
 
-def _gains(plt, path: Path, result: Mapping[str, Any], history: list[dict[str, Any]]) -> Path:
+def _gains(path: Path, result: Mapping[str, Any], history: list[dict[str, Any]]) -> Path:
     """Sublayer gains over training by layer type (mean over blocks, band: min to max), and block-level gains."""
     series: dict[str, list[tuple[int, float, float, float]]] = {}
     for r in history:
@@ -173,7 +168,7 @@ def _gains(plt, path: Path, result: Mapping[str, Any], history: list[dict[str, A
                 by_type.setdefault(f"block {layer_type(name)}", []).append(g)
         for kind, vals in by_type.items():
             series.setdefault(kind, []).append((r["step"], sum(vals) / len(vals), min(vals), max(vals)))
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = subplots(figsize=(8, 4.5))
     if series:
         for i, kind in enumerate(sorted(series, key=lambda k: (k.startswith("block"), LAYER_ORDER.index(k)
                                                                 if k in LAYER_ORDER else 99, k))):
@@ -199,7 +194,7 @@ def _gains(plt, path: Path, result: Mapping[str, Any], history: list[dict[str, A
     return atomic_savefig(fig, path, dpi=110)
 
 
-def _multiplier_histograms(plt, path: Path, values: Mapping[str, torch.Tensor]) -> Path:
+def _multiplier_histograms(path: Path, values: Mapping[str, torch.Tensor]) -> Path:
     """Histogram of the learned multipliers per layer type (rows and columns overlaid; all blocks pooled)."""
     by_layer: dict[str, dict[str, list[torch.Tensor]]] = {}
     for name, v in values.items():
@@ -207,7 +202,7 @@ def _multiplier_histograms(plt, path: Path, values: Mapping[str, torch.Tensor]) 
         layer, _, part = kind.rpartition(".")
         by_layer.setdefault(layer or kind, {}).setdefault(part, []).append(v.flatten().float())
     layers = sort_layer_types(by_layer)
-    fig, axes = _grid(plt, len(layers))
+    fig, axes = _grid(len(layers))
     for ax, layer in zip(axes, layers, strict=True):
         for i, (part, tensors) in enumerate(sorted(by_layer[layer].items())):
             v = torch.cat(tensors).numpy()
@@ -222,9 +217,9 @@ def _multiplier_histograms(plt, path: Path, values: Mapping[str, torch.Tensor]) 
     return atomic_savefig(fig, path, dpi=110)
 
 
-def _symmetry(plt, path: Path, drift: list[tuple[int, dict[str, float]]], result: Mapping[str, Any]) -> Path:
+def _symmetry(path: Path, drift: list[tuple[int, dict[str, float]]], result: Mapping[str, Any]) -> Path:
     """Symmetry-drift monitors over training (log2 ratios the loss cannot see; 0 = balanced)."""
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = subplots(figsize=(8, 4))
     if not drift:
         drift = [(result["step"], result["multipliers"]["symmetry"])]
     keys = sorted({k for _, d in drift for k in d})

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .atomic import atomic_savefig
+from .plotting import subplots
 
 if TYPE_CHECKING:
     from .rundir import RunDir
@@ -18,18 +19,13 @@ def _finite(x) -> bool:
 
 def write_plots(run: RunDir) -> list[Path]:
     """Write ``plots/loss.png``, ``plots/lr.png`` and (with multipliers) ``plots/multipliers.png`` from the metrics."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     records = run.metrics()
     out = run.plots_dir
     out.mkdir(exist_ok=True)
     written = []
     train = [(r["tokens"], r["train_loss"]) for r in records if _finite(r.get("train_loss"))]
     val = [(r["tokens"], r["val_loss"]) for r in records if _finite(r.get("val_loss"))]
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = subplots(figsize=(7, 4.2))
     if train:
         ax.plot(*zip(*train, strict=True), lw=0.8, alpha=0.5, color="C0", label="train (per step)")
         window = max(1, len(train) // 50)
@@ -47,11 +43,10 @@ def write_plots(run: RunDir) -> list[Path]:
     fig.tight_layout()
     written.append(out / "loss.png")
     atomic_savefig(fig, written[-1], dpi=120)
-    plt.close(fig)
 
     lr = [(r["step"], r["lr"]) for r in records if _finite(r.get("lr"))]
     if lr:
-        fig, ax = plt.subplots(figsize=(7, 3))
+        fig, ax = subplots(figsize=(7, 3))
         ax.plot(*zip(*lr, strict=True), color="C2")
         ax.set_xlabel("step")
         ax.set_ylabel("base learning rate")
@@ -60,15 +55,14 @@ def write_plots(run: RunDir) -> list[Path]:
         fig.tight_layout()
         written.append(out / "lr.png")
         atomic_savefig(fig, written[-1], dpi=120)
-        plt.close(fig)
 
     mult = [(r["step"], r["multipliers"]) for r in records if r.get("multipliers")]
     if mult:
-        written.append(_multiplier_plot(plt, mult, out / "multipliers.png"))
+        written.append(_multiplier_plot(mult, out / "multipliers.png"))
     return written
 
 
-def _multiplier_plot(plt, mult: list[tuple[int, dict]], path: Path) -> Path:
+def _multiplier_plot(mult: list[tuple[int, dict]], path: Path) -> Path:
     """One panel per layer (all blocks pooled): row and column multipliers, mean with a +-1 std band."""
     layers: dict[str, list[str]] = {}
     for key in sorted({k for _, stats in mult for k in stats}):
@@ -76,7 +70,7 @@ def _multiplier_plot(plt, mult: list[tuple[int, dict]], path: Path) -> Path:
         layers.setdefault(layer or key, []).append(key)
     cols = min(4, len(layers))
     rows = math.ceil(len(layers) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.5 * rows), sharex=True, squeeze=False)
+    fig, axes = subplots(rows, cols, figsize=(3.2 * cols, 2.5 * rows), sharex=True, squeeze=False)
     for ax, (layer, keys) in zip(axes.flat, layers.items(), strict=False):
         for i, key in enumerate(keys):
             pts = [(s, st[key]) for s, st in mult if key in st]
@@ -98,5 +92,4 @@ def _multiplier_plot(plt, mult: list[tuple[int, dict]], path: Path) -> Path:
     fig.supxlabel("step", fontsize=9)
     fig.tight_layout()
     atomic_savefig(fig, path, dpi=120)
-    plt.close(fig)
     return path

@@ -25,6 +25,7 @@ from ...errors import SweepError
 from ...recipes import Recipe
 from ..atomic import atomic_savefig, atomic_write_text
 from ..config import config_keys, from_dict
+from ..plotting import colormap, subplots
 from ..setup import load_recipe
 
 #: ``metric`` -> (pooled row key, per-layer-type key) of a sweep result row.
@@ -315,15 +316,11 @@ def plot_calibration(cal: Calibration, path: Path) -> Path:
     The right panel rescales each value by ``(d/d_base)^(-(e_wd* - e_wd)/2)``: what the derived WD exponent
     would change in steady state. The pooled line turns flat; a layer type keeps its own residual slope.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib import ticker
 
     shift = (cal.derived_exponent - cal.wd_exponent) / 2
-    fig, axes = plt.subplots(1, 2, figsize=(13, 6.2), sharey=True)
-    colors = plt.get_cmap("tab10")
+    fig, axes = subplots(1, 2, figsize=(13, 6.2), sharey=True)
+    colors = colormap("tab10")
     panels = [(axes[0], 0.0, f"measured under {cal.base_recipe.name} ({cal.optimizer}, {_exp_text(cal, False)})"),
               (axes[1], shift, f"predicted under {cal.recipe.name} ({_exp_text(cal, True)})")]
     entries = [(t, c, colors(i % 10), 1.3, "o") for i, (t, c) in enumerate(cal.layers.items())]
@@ -354,7 +351,6 @@ def plot_calibration(cal: Calibration, path: Path) -> Path:
                  f"{cal.derived_exponent:g} (arXiv 2510.15262: {cal.metric} ~ sqrt(eta/lam) d^alpha)", fontsize=11)
     fig.tight_layout()
     atomic_savefig(fig, path, dpi=120)
-    plt.close(fig)
     return Path(path)
 
 

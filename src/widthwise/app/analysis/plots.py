@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_savefig
+from ..plotting import colormap, figure, subplots
 from .families import Family, log_position
 
 DPI = 120
@@ -32,20 +33,10 @@ def write_analysis_plots(out: Path, families: Sequence[Family], optima: Mapping[
             plot_sigma_gain_vs_width(out / "sigma_gain_vs_width.png", optima)]
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(plt, fig, path: Path) -> Path:
+def _save(fig, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_savefig(fig, path, dpi=DPI)
-    plt.close(fig)
     return path
 
 
@@ -80,9 +71,9 @@ def _fraction(value: float, grid: Sequence[float]) -> float:
     return float(np.interp(log_position(value, grid), positions, np.arange(len(grid))))
 
 
-def _width_colors(plt, widths: Sequence[int]) -> dict[int, Any]:
+def _width_colors(widths: Sequence[int]) -> dict[int, Any]:
     """Sequential colours by width: light for narrow, dark for wide."""
-    cmap = plt.get_cmap("Blues")
+    cmap = colormap("Blues")
     widths = sorted(set(widths))
     return {w: cmap(0.4 + 0.6 * k / max(1, len(widths) - 1)) for k, w in enumerate(widths)}
 
@@ -93,7 +84,6 @@ def _width_colors(plt, widths: Sequence[int]) -> dict[int, Any]:
 def plot_heatmaps(path: Path, families: Sequence[Family], optima: Mapping[str, Any]) -> Path:
     """Per family (row) and width (column): validation loss over the LR x WD grid, best grid point (star), sub-grid
     fit (cross), ridge of best LR per WD (line); diverged/failed cells grey with an x, cells not run white."""
-    plt = _pyplot()
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
@@ -101,24 +91,24 @@ def plot_heatmaps(path: Path, families: Sequence[Family], optima: Mapping[str, A
     columns = max(len(f.widths) for f in families)
     n_lr = max(len(f.lr_grid) for f in families)
     heights = [max(2.0, 0.42 * len(f.wd_grid) + 1.6) for f in families]
-    fig = plt.figure(figsize=(max(2.6, 0.48 * n_lr + 1.1) * columns + 1.3, sum(heights) + 0.5), layout="constrained")
+    fig = figure(figsize=(max(2.6, 0.48 * n_lr + 1.1) * columns + 1.3, sum(heights) + 0.5), layout="constrained")
     subfigs = np.atleast_1d(fig.subfigures(len(families), 1, height_ratios=heights))
     for subfig, family in zip(subfigs, families, strict=True):
-        _family_heatmaps(plt, subfig, family, entries[family.label], columns)
+        _family_heatmaps(subfig, family, entries[family.label], columns)
     handles = [Line2D([], [], ls="", marker="*", ms=12, mfc="white", mec="black", label="best grid point"),
                Line2D([], [], ls="", marker="P", ms=9, mfc="red", mec="white", label="sub-grid fit"),
                Line2D([], [], color="red", lw=1.5, ls="--", label="ridge: best LR per WD"),
                Patch(fc="0.75", ec="0.5", label="x: diverged / failed"),
                Patch(fc="white", ec="0.5", label="not run (yet)")]
     fig.legend(handles=handles, loc="outside lower center", ncol=5, fontsize=8, frameon=False)
-    return _save(plt, fig, path)
+    return _save(fig, path)
 
 
-def _family_heatmaps(plt, subfig, family: Family, entry: Mapping[str, Any], columns: int) -> None:
+def _family_heatmaps(subfig, family: Family, entry: Mapping[str, Any], columns: int) -> None:
     lr_grid, wd_grid, widths = family.lr_grid, family.wd_grid, family.widths
     grids = {w: family.loss_grid(w) for w in widths}
     low, high, clipped = loss_range([v for g in grids.values() for v in g.ravel()])
-    cmap = plt.get_cmap("viridis").with_extremes(bad="0.75")
+    cmap = colormap("viridis").with_extremes(bad="0.75")
     axes = subfig.subplots(1, columns, squeeze=False)[0]
     subfig.suptitle(f"{_wrap(family.label, 90)}: {entry['transfer']['verdict']}", fontsize=10)
     for k, ax in enumerate(axes):
@@ -179,17 +169,16 @@ def _mark_optimum(ax, entry: Mapping[str, Any], lr_grid: Sequence[float], wd_gri
 def plot_loss_vs_lr(path: Path, families: Sequence[Family], optima: Mapping[str, Any]) -> Path:
     """Per family one panel: validation loss against base LR, one line per width at that width's best WD (light:
     narrow, dark: wide); diverged points as x on the top edge. Under a transferring recipe the minima line up."""
-    plt = _pyplot()
     entries = _entries(optima)
     columns = min(2, len(families))
     rows = -(-len(families) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(6.4 * columns, 3.8 * rows), squeeze=False, layout="constrained")
-    colors = _width_colors(plt, [w for f in families for w in f.widths])
+    fig, axes = subplots(rows, columns, figsize=(6.4 * columns, 3.8 * rows), squeeze=False, layout="constrained")
+    colors = _width_colors([w for f in families for w in f.widths])
     for ax, family in zip(axes.flat, families, strict=False):
         _loss_panel(ax, family, entries[family.label], colors)
     for ax in list(axes.flat)[len(families):]:
         ax.set_visible(False)
-    return _save(plt, fig, path)
+    return _save(fig, path)
 
 
 def _panel_wd(entry: Mapping[str, Any], width: int, wd_grid: Sequence[float]) -> float:
@@ -269,9 +258,9 @@ def _value_axis(ax, grid: Sequence[float]) -> None:
     ax.minorticks_off()
 
 
-def _family_styles(plt, optima: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+def _family_styles(optima: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """Colour, marker and line style per family (families that coincide stay distinguishable)."""
-    cmap = plt.get_cmap("tab10")
+    cmap = colormap("tab10")
     markers, dashes = "osD^v", ("-", "--", ":", "-.")
     return {entry["label"]: {"color": cmap(k % 10), "marker": markers[k % len(markers)],
                              "ls": dashes[k % len(dashes)]} for k, entry in enumerate(optima["families"])}
@@ -305,9 +294,8 @@ def _figure_legend(fig, axes, notes: Sequence[Any] = ()) -> None:
 def plot_optimum_vs_width(path: Path, optima: Mapping[str, Any]) -> Path:
     """Fitted optimal base LR and WD against width, log-log, one line per family; hollow markers: optimum on the
     grid edge; x on the bottom edge: every run at that width diverged or failed; faint lines: the grid values."""
-    plt = _pyplot()
-    fig, (ax_lr, ax_wd) = plt.subplots(1, 2, figsize=(11, 4.8), layout="constrained")
-    styles = _family_styles(plt, optima)
+    fig, (ax_lr, ax_wd) = subplots(1, 2, figsize=(11, 4.8), layout="constrained")
+    styles = _family_styles(optima)
     families = optima["families"]
     for ax, key, name in ((ax_lr, "lr", "lr_grid"), (ax_wd, "weight_decay", "wd_grid")):
         _value_axis(ax, sorted({v for f in families for v in f[name]}))
@@ -336,7 +324,7 @@ def plot_optimum_vs_width(path: Path, optima: Mapping[str, Any]) -> Path:
     notes = [Line2D([], [], ls="", marker="o", mfc="white", mec="0.3", label="hollow: optimum on the grid edge"),
              Line2D([], [], ls="", marker="x", mew=2, color="0.3", label="x at the bottom: every run diverged/failed")]
     _figure_legend(fig, [ax_lr], notes)
-    return _save(plt, fig, path)
+    return _save(fig, path)
 
 
 # ----------------------------------------------------------------------------------------------- sigma / gain
@@ -345,9 +333,8 @@ def plot_optimum_vs_width(path: Path, optima: Mapping[str, Any]) -> Path:
 def plot_sigma_gain_vs_width(path: Path, optima: Mapping[str, Any]) -> Path:
     """sigma_max and sublayer gain of the hidden matrices at each width's best point against width, log-log, one
     line per family (a panel says so when no run recorded diagnostics)."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), layout="constrained")
-    styles = _family_styles(plt, optima)
+    fig, axes = subplots(1, 2, figsize=(11, 4.6), layout="constrained")
+    styles = _family_styles(optima)
     families = optima["families"]
     panels = (("sigma_max", "top singular value sigma_max", "mean sigma_max of hidden matrices"),
               ("gain", "sublayer gain rms(Wx)/rms(x)", "mean sublayer gain of hidden matrices"))
@@ -371,4 +358,4 @@ def plot_sigma_gain_vs_width(path: Path, optima: Mapping[str, Any]) -> Path:
         ax.set_ylabel(f"{ylabel} (log scale)" if drawn else ylabel)
         ax.set_title(f"{title} at each width's optimum", fontsize=10)
     _figure_legend(fig, axes)
-    return _save(plt, fig, path)
+    return _save(fig, path)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_savefig
+from ..plotting import subplots
 from .runner import TARGETS
 
 #: The ratios that should sit at 1 (one colour each); the line style tells the mode.
@@ -21,11 +22,8 @@ def plot_bench(report: dict[str, Any], path: Path) -> Path:
     """Write the report's plot to ``path`` (PNG, atomically) and return it."""
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (speed, overhead, muon) = plt.subplots(1, 3, figsize=(16, 4.8))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, (speed, overhead, muon) = subplots(1, 3, figsize=(16, 4.8))
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     modes = sorted({r["mode"] for r in report["results"]})
     for m, mode in enumerate(modes):
         style = ("-", "--", ":")[m % 3]
@@ -61,5 +59,4 @@ def plot_bench(report: dict[str, Any], path: Path) -> Path:
     fig.tight_layout()
     path = Path(path)
     atomic_savefig(fig, path)
-    plt.close(fig)
     return path
