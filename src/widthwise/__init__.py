@@ -37,7 +37,7 @@ _EXPORTS = {
     "fold_multipliers": "multipliers",
     "multiplier_parameters": "multipliers",
     "build_optimizer": "optim.build",
-    "CombinedOptimizer": "optim.build",
+    "CombinedOptimizer": "optim.combined",
     "BatchedMuon": "optim.muon",
     "ForwardMultiplier": "planning",
     "ParamPlan": "planning",
@@ -108,7 +108,8 @@ if TYPE_CHECKING:
     from .forward import apply_forward_multipliers
     from .initialization import init_weights
     from .multipliers import add_multipliers, fold_multipliers, multiplier_parameters
-    from .optim.build import CombinedOptimizer, build_optimizer
+    from .optim.build import build_optimizer
+    from .optim.combined import CombinedOptimizer
     from .optim.muon import BatchedMuon
     from .planning import ForwardMultiplier, ParamPlan, Plan, plan
     from .recipes import PRESETS, Recipe, get_recipe
