@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import ast
 import copy
 import math
-from pathlib import Path
 
 import pytest
 
-import widthwise
 from widthwise.app.checkpoint import Checkpoint
 from widthwise.app.config import load_config
 from widthwise.app.rundir import RunDir
@@ -79,21 +76,3 @@ def test_a_state_that_does_not_fit_is_a_checkpoint_error(config):
         session.load_state_dict({**state, "world_size": 2})
     with pytest.raises(CheckpointError, match="weights do not fit the model"):
         session.load_state_dict({**state, "model": {"nope": next(iter(state["model"].values()))}})
-
-
-def _private_imports(path: Path) -> list[str]:
-    """``from <widthwise module> import _name`` in ``path`` (relative, or absolute under ``widthwise``)."""
-    found = []
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("widthwise")):
-            found += [f"{path.name}: {node.module}.{a.name}" for a in node.names
-                      if a.name.startswith("_") and not a.name.startswith("__")]
-    return found
-
-
-def test_no_module_imports_another_modules_private_names(tmp_path):
-    old = tmp_path / "sessions.py"  # what bench/sessions.py did before Session: the check catches it
-    old.write_text("from ..trainer import _Run\nfrom torch.optim.optimizer import _to_scalar\n")
-    assert _private_imports(old) == ["sessions.py: trainer._Run"]
-    root = Path(widthwise.__file__).parent
-    assert [hit for path in sorted(root.rglob("*.py")) for hit in _private_imports(path)] == []
