@@ -38,6 +38,7 @@ from ..errors import ConfigError
 from ..recipes import PRESETS
 from ..tables import format_table
 from . import defaults
+from .analysis.fits import fit_line
 from .atomic import atomic_savefig, atomic_write_text
 from .config import Config, apply_overrides, load_config
 from .data import BatchSampler, TokenData, validation_batches
@@ -291,10 +292,7 @@ def fit_slope(widths: Sequence[float], values: Sequence[float]) -> float:
     """Least-squares slope of ``log(value)`` against ``log(width)``; ``inf`` if a value is not finite or <= 0."""
     if any(not math.isfinite(v) or v <= 0 for v in values):
         return math.inf
-    xs = [math.log(w) for w in widths]
-    ys = [math.log(v) for v in values]
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
+    return fit_line([math.log(w) for w in widths], [math.log(v) for v in values]).slope
 
 
 def _finite_or_none(value: float) -> float | None:

@@ -32,6 +32,7 @@ from .families import (
     log_position,
     show_value,
 )
+from .fits import fit_line
 
 #: A family "transfers" when its optimal base LR (and WD) change by at most this factor per width doubling: x1.25
 #: compounds to x2 over a 16x width range, the most a 2x-spaced grid can absorb between proxy and target.
@@ -184,8 +185,7 @@ def ridge(lr_grid: Sequence[float], wd_grid: Sequence[float], grid: np.ndarray) 
 def _drift(widths: Sequence[int], values: Sequence[float], grid: Sequence[float]) -> tuple[float, float]:
     """``(slope, steps per doubling)``: the least-squares slope of ``log(values)`` against ``log(widths)`` and the
     same drift in grid steps, ``slope * log 2 / log(grid ratio)`` (a value of 0 at its :func:`log_position`)."""
-    x = np.log2(np.asarray(widths, float))
-    steps = float(np.polyfit(x, [log_position(v, grid) for v in values], 1)[0])
+    steps = fit_line([math.log2(w) for w in widths], [log_position(v, grid) for v in values]).slope
     return steps * math.log(grid_ratio(grid)) / math.log(2), steps
 
 

@@ -27,6 +27,7 @@ from ..atomic import atomic_savefig, atomic_write_text
 from ..config import config_keys, from_dict
 from ..plotting import colormap, subplots
 from ..setup import load_recipe
+from .fits import fit_line
 
 #: ``metric`` -> (pooled row key, per-layer-type key) of a sweep result row.
 METRICS = {"sigma_max": ("sigma_max", "sigma_max"), "gain": ("gain", "sublayer_gain")}
@@ -103,17 +104,8 @@ def fit_width_exponent(widths: Sequence[float], values: Sequence[float | None]) 
         raise SweepError(f"a width exponent needs finite positive values at >= 3 distinct widths, got "
                          f"{len(distinct)} ({', '.join(f'{w:g}' for w in distinct) or 'none'})"
                          + (f"; {dropped} missing or non-positive values left out" if dropped else ""))
-    x = [math.log(w) for w, _ in pairs]
-    y = [math.log(v) for _, v in pairs]
-    n, mx, my = len(x), statistics.fmean(x), statistics.fmean(y)
-    sxx = sum((a - mx) ** 2 for a in x)
-    slope = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True)) / sxx
-    intercept = my - slope * mx
-    ss_res = sum((b - intercept - slope * a) ** 2 for a, b in zip(x, y, strict=True))
-    ss_tot = sum((b - my) ** 2 for b in y)
-    r2 = 1.0 - ss_res / ss_tot if ss_tot > 1e-300 else 1.0
-    std = math.sqrt(ss_res / (n - 2)) if n > 2 else 0.0
-    return Fit(slope, intercept, r2, std, std / math.sqrt(sxx), n)
+    line = fit_line([math.log(w) for w, _ in pairs], [math.log(v) for _, v in pairs])
+    return Fit(line.slope, line.intercept, line.r2, line.residual_std, line.slope_se, line.n)
 
 
 def _positive(x: Any) -> bool:
