@@ -48,6 +48,7 @@ def test_config_yaml_keeps_the_users_nulls_and_holds_resolved_values_under_resol
     assert {p["name"]: p["role"] for p in opened.plan()["params"]}["head.weight"] == "head"
     assert "lr*wd" in run.plan_file.read_text()
     assert run.checkpoints_dir.is_dir()
+    assert load_config(run.config_file) == config  # a run's config.yaml is a config to train again
 
 
 def test_round_trip_of_every_file(tmp_path):

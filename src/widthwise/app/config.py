@@ -9,7 +9,8 @@ sweep family's label), plus ``check`` (``positive`` | ``non_negative``) and ``ch
 Loading rejects unknown keys, wrong types and impossible values with a :class:`ConfigError` whose message is
 one line naming the field (``model.heads: ...``); each section validates its own fields, :class:`Config` the
 checks across sections. Fields left ``null`` are resolved from the recipe, the data or the machine when the run
-starts; the run directory's ``config.yaml`` stores the resolved values.
+starts; the run directory's ``config.yaml`` keeps the fields as written and the values they resolved to under
+``resolved:`` (:mod:`widthwise.app.rundir`).
 """
 
 from __future__ import annotations
@@ -380,7 +381,8 @@ def _read_source(source: str) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"config {source}: expected a mapping of sections, got {type(data).__name__}")
-    data.pop("plan", None)  # a run's config.yaml carries the resolved plan beside the config
+    for key in ("plan", "resolved"):  # a run's config.yaml carries these beside the user's config
+        data.pop(key, None)
     return data
 
 

@@ -12,10 +12,12 @@ from typing import Any
 
 import numpy as np
 
-#: Grid keys that place a run inside a family (axes of the analysis) rather than define the family.
-AXIS_KEYS = ("model.width", "model.heads", "model.kv_heads", "optim.lr", "optim.weight_decay", "train.seed")
+from ..config import config_keys
+
+#: Config keys that place a run inside a family (axes of the analysis) rather than define the family.
+AXIS_KEYS = config_keys("width", "tuned", "seed")
 #: Config keys already named in a family label through the row's resolved ``recipe``/``optimizer``/``multipliers``.
-NAMED_KEYS = ("scaling.recipe", "optim.name", "multipliers.kind")
+NAMED_KEYS = config_keys("family")
 
 Key = tuple[int, float, float]
 
