@@ -17,6 +17,7 @@ import torch
 import yaml
 
 from ..errors import ConfigError, RunError, SweepError
+from ..tables import format_table
 from .atomic import atomic_write_text
 from .config import Config, apply_overrides, config_keys, from_dict
 from .rundir import RunDir
@@ -169,15 +170,11 @@ def optimizer_groups(optimizer: torch.optim.Optimizer) -> str:
     def peak(group: dict[str, Any]) -> float:  # the LR before the schedule's factor (warmup starts below it)
         return group.get("initial_lr", group["lr"])
 
-    rows = [["optimizer", "role", "tensors", "width x", "lr", "wd", "lr*wd"]]
-    for name, child in children.items():
-        for g in child.param_groups:
-            rows.append([name, str(g.get("role", "-")), str(len(g["params"])), f"{g.get('width_mult', 1):.4g}",
-                         f"{peak(g):.4g}", f"{g['weight_decay']:.4g}", f"{peak(g) * g['weight_decay']:.4g}"])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(["optimizer groups (absolute values; the LR schedule multiplies lr by its factor):", *lines])
+    rows = [[name, str(g.get("role", "-")), str(len(g["params"])), f"{g.get('width_mult', 1):.4g}",
+             f"{peak(g):.4g}", f"{g['weight_decay']:.4g}", f"{peak(g) * g['weight_decay']:.4g}"]
+            for name, child in children.items() for g in child.param_groups]
+    table = format_table(rows, header=["optimizer", "role", "tensors", "width x", "lr", "wd", "lr*wd"], rule=True)
+    return "optimizer groups (absolute values; the LR schedule multiplies lr by its factor):\n" + table
 
 
 def transfer_config(sweep_dir: Path, width: int, *, recipe: str | None = None, optimizer: str | None = None,

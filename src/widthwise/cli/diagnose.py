@@ -27,6 +27,7 @@ def add_parser(sub: Subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..app.diagnose import diagnose
+    from ..app.rundir import RunDir
 
     d = diagnose(args.run_dir, step=args.step, sequences=args.sequences, plots=not args.no_plots)
     print(f"diagnosed {args.run_dir} at step {d['step']} (width {d['width']}, base {d['base_width']}, "
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     print(diagnosis_table(d))
     for note in d["notes"] + d["multipliers"]["warnings"]:
         print(f"  note: {note}")
-    print(f"  results: {args.run_dir / 'diagnostics.json'}")
+    print(f"  results: {RunDir(args.run_dir, 'diagnose').diagnosis_file}")
     if d.get("plots"):
         print(f"  plots: {Path(d['plots'][0]).parent}")
     return 0
