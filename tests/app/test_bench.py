@@ -57,6 +57,7 @@ def test_bench_quick_writes_every_figure_per_width(report, capsys):
     assert out.with_suffix(".png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_bench_full_plan_compiles_and_prints_the_table(data_cache, tmp_path, capsys):
     out = tmp_path / "b.json"
     assert main(["bench", "--out", str(out), "--no-plot", *TINY[:1], "--widths", "32", *TINY[3:]]) == 0

@@ -53,6 +53,7 @@ print(json.dumps({"backend": matplotlib.get_backend(), "pyplot": "matplotlib.pyp
 """
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("data_cache")
 def test_plot_writers_leave_the_backend_and_pyplot_alone(tmp_path):
     proc = subprocess.run([sys.executable, "-c", _SCRIPT, str(tmp_path), str(TESTS)], capture_output=True, text=True,

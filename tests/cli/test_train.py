@@ -103,7 +103,7 @@ def _kill_when(proc: subprocess.Popen, metrics: Path, lines: int) -> None:
     proc.wait()
 
 
-@pytest.mark.parametrize("kill_after", [4, 23, 41])
+@pytest.mark.parametrize("kill_after", [4, *(pytest.param(k, marks=pytest.mark.slow) for k in (23, 41))])
 def test_sigkill_then_resume_gives_exactly_the_uninterrupted_losses(tmp_path, kill_after):
     overrides = ("train.steps=48", "train.checkpoint_every=7", "train.eval_every=12")
     reference = tmp_path / "reference"

@@ -24,6 +24,7 @@ from sweep_helpers import QUIET, checkpoint_steps, worker_pids
 pytestmark = pytest.mark.usefixtures("data_cache", "one_thread")
 
 
+@pytest.mark.slow
 def test_ray_sweep_runs_the_grid_resumes_a_killed_worker_and_matches_direct_training(tmp_path):
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text(yaml.safe_dump({"base": "tiny", "grid": {"optim.lr": [0.01, 3.0]}, "set": {
