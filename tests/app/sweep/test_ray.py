@@ -3,6 +3,7 @@ a diverging point recorded as data, and a worker killed mid-run resumed from its
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -45,8 +46,13 @@ def test_ray_sweep_runs_the_grid_resumes_a_killed_worker_and_matches_direct_trai
     killer = threading.Thread(target=kill_once, daemon=True)
     killer.start()
     messages: list[str] = []
-    result = run_sweep(load_sweep(sweep), tmp_path / "out", workers=2, threads=1, executor="ray", progress=False,
-                       log=messages.append)
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logging.getLogger("widthwise.app.sweep").addHandler(handler)
+    try:
+        result = run_sweep(load_sweep(sweep), tmp_path / "out", workers=2, threads=1, executor="ray", progress=False)
+    finally:
+        logging.getLogger("widthwise.app.sweep").removeHandler(handler)
     killer.join()
     assert not ray.is_initialized()  # the instance it started is shut down
     assert result.exit_code == 0 and result.counts == {"completed": 1, "diverged": 1, "failed": 0}

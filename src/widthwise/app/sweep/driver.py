@@ -9,11 +9,11 @@ or killed :data:`MAX_ATTEMPTS` times) are errors.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ...errors import EXIT_BAD_INPUT, EXIT_BUSY, EXIT_DIVERGED, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, SweepError
 from ..atomic import atomic_write_text
@@ -28,6 +29,8 @@ from ..setup import load_data
 from .executors import Job, check_executor, make_executor
 from .spec import Point, SweepSpec, expand, parse_sweep
 from .store import FINAL, ResultsDB, db_path
+
+logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
 
@@ -71,7 +74,7 @@ def prepare_sweep_dir(spec: SweepSpec, out: Path) -> None:
     atomic_write_text(stored_file, yaml.safe_dump(spec.to_dict(), sort_keys=False))
 
 
-def _prepare_data(points: list[Point], log: Callable[[str], None]) -> None:
+def _prepare_data(points: list[Point]) -> None:
     """Tokenize each distinct dataset once, here, before the workers start (they then only read the cache)."""
     seen = set()
     for p in points:
@@ -80,7 +83,7 @@ def _prepare_data(points: list[Point], log: Callable[[str], None]) -> None:
         if key not in seen:
             seen.add(key)
             data = load_data(p.config)
-            log(f"widthwise: data {d.path or 'Shakespeare (bundled)'}: {len(data.train):,} training tokens")
+            logger.info(f"data {d.path or 'Shakespeare (bundled)'}: {len(data.train):,} training tokens")
 
 
 def _log_tail(path: Path) -> str:
@@ -109,16 +112,17 @@ def _stop_on_signals():
 
 
 def run_sweep(spec: SweepSpec, out: Path, *, workers: int | None = None, threads: int | None = None,
-              executor: str = "local", address: str | None = None, progress: bool = True,
-              log: Callable[[str], None] | None = None) -> SweepResult:
-    """Run the points of ``spec`` not yet finished in ``out``; record each in ``out/results.db``."""
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+              executor: str = "local", address: str | None = None, progress: bool = True) -> SweepResult:
+    """Run the points of ``spec`` not yet finished in ``out``; record each in ``out/results.db``.
+
+    Progress is a tqdm bar on stderr; what happens to runs is logged to the ``widthwise`` logger.
+    """
     out = Path(out)
     started = time.perf_counter()
     check_executor(executor, address)
     points = expand(spec)
     prepare_sweep_dir(spec, out)
-    _prepare_data(points, log)
+    _prepare_data(points)
     auto_workers, threads = default_workers(threads)
     workers = workers or auto_workers
     with ResultsDB(db_path(out)) as db:
@@ -126,17 +130,17 @@ def run_sweep(spec: SweepSpec, out: Path, *, workers: int | None = None, threads
         status = {p.run_id: db.status(p.run_id) for p in points}
         todo = [p for p in points if status[p.run_id] not in FINAL]
         todo.sort(key=lambda p: -p.config.model.width)  # widest first: the longest runs do not finish last
-        log(f"widthwise: sweep {out}: {len(points)} runs, {len(points) - len(todo)} already done, {len(todo)} to run")
+        logger.info(f"sweep {out}: {len(points)} runs, {len(points) - len(todo)} already done, {len(todo)} to run")
         if not todo:
-            return _finish(db, points, out, started, 0, log)
-        pool = make_executor(executor, workers, threads, address, log)
-        log(f"widthwise: {pool.describe()}")
+            return _finish(db, points, out, started, 0)
+        pool = make_executor(executor, workers, threads, address)
+        logger.info(pool.describe())
         bar = tqdm(total=len(points), initial=len(points) - len(todo), unit="run", desc="sweep", file=sys.stderr,
                    disable=not progress or None, dynamic_ncols=True)
         queue = list(todo)
         interrupted = False
         try:
-            with _stop_on_signals() as stop:
+            with _stop_on_signals() as stop, logging_redirect_tqdm([logging.getLogger("widthwise")]):
                 while queue or pool.running:
                     while queue and len(pool.running) < pool.slots and not stop["signal"]:
                         point = queue.pop(0)
@@ -146,7 +150,7 @@ def run_sweep(spec: SweepSpec, out: Path, *, workers: int | None = None, threads
                         interrupted = True
                         break
                     for job, code, result in pool.poll(timeout=0.5):
-                        again = _record(db, job, code, result, log)
+                        again = _record(db, job, code, result)
                         if again:  # a killed run resumes first; one held by another process waits its turn
                             queue.insert(len(queue) if code == EXIT_BUSY else 0, job.point)
                         else:
@@ -157,13 +161,13 @@ def run_sweep(spec: SweepSpec, out: Path, *, workers: int | None = None, threads
                 db.mark_pending(job.point.run_id, "interrupted; resumes on the next run")
             bar.close()
         if interrupted:
-            log(f"widthwise: interrupted ({stop['signal']}); running workers checkpointed; rerun the same command to "
+            logger.info(f"interrupted ({stop['signal']}); running workers checkpointed; rerun the same command to "
                 "resume")
             return SweepResult(db.counts(), [], time.perf_counter() - started, EXIT_INTERRUPTED, len(todo))
-        return _finish(db, points, out, started, len(todo), log)
+        return _finish(db, points, out, started, len(todo))
 
 
-def _record(db: ResultsDB, job: Job, code: int, result: dict[str, Any] | None, log: Callable[[str], None]) -> bool:
+def _record(db: ResultsDB, job: Job, code: int, result: dict[str, Any] | None) -> bool:
     """Store the outcome of an attempt; whether the point must run again (killed, interrupted or busy)."""
     run_id = job.point.run_id
     if code in (EXIT_OK, EXIT_DIVERGED) and result is not None:
@@ -172,7 +176,7 @@ def _record(db: ResultsDB, job: Job, code: int, result: dict[str, Any] | None, l
     if code in (EXIT_BAD_INPUT, EXIT_FAILED) or (code in (EXIT_OK, EXIT_DIVERGED) and result is None):
         error = _log_tail(job.log) or f"worker exited with code {code}"
         db.record(run_id, {"status": "failed", "error": error})
-        log(f"widthwise: run {job.point.name} failed: {error} (log: {job.log})")
+        logger.warning(f"run {job.point.name} failed: {error} (log: {job.log})")
         return False
     attempts = _row(db, run_id)["attempts"]
     how = f"killed by {signal.Signals(-code).name}" if code < 0 and -code in signal.valid_signals() else \
@@ -183,10 +187,10 @@ def _record(db: ResultsDB, job: Job, code: int, result: dict[str, Any] | None, l
         return True
     if attempts >= MAX_ATTEMPTS:
         db.record(run_id, {"status": "failed", "error": f"worker {how} in {attempts} attempts (log: {job.log})"})
-        log(f"widthwise: run {job.point.name} failed: worker {how} in {attempts} attempts")
+        logger.warning(f"run {job.point.name} failed: worker {how} in {attempts} attempts")
         return False
     db.mark_pending(run_id, f"attempt {attempts}: worker {how}")
-    log(f"widthwise: run {job.point.name}: worker {how}; resuming it from its checkpoint")
+    logger.warning(f"run {job.point.name}: worker {how}; resuming it from its checkpoint")
     return True
 
 
@@ -202,15 +206,14 @@ def _postfix(bar: tqdm, db: ResultsDB) -> None:
                     best=f"{best:.3f}" if best is not None else "-", refresh=False)
 
 
-def _finish(db: ResultsDB, points: list[Point], out: Path, started: float, ran: int,
-            log: Callable[[str], None]) -> SweepResult:
+def _finish(db: ResultsDB, points: list[Point], out: Path, started: float, ran: int) -> SweepResult:
     ids = {p.run_id for p in points}
     rows = [r for r in db.rows() if r["run_id"] in ids]
     counts = {s: sum(r["status"] == s for r in rows) for s in ("completed", "diverged", "failed")}
     failed = [r["name"] for r in rows if r["status"] == "failed"]
     wall = time.perf_counter() - started
-    log(f"widthwise: sweep {out}: {counts['completed']} completed, {counts['diverged']} diverged, "
+    logger.info(f"sweep {out}: {counts['completed']} completed, {counts['diverged']} diverged, "
         f"{counts['failed']} failed ({ran} run now, {wall:.0f} s); results in {db_path(out)}")
     for name in failed:
-        log(f"widthwise:   failed: {name} (log: {out / 'logs' / (name + '.log')})")
+        logger.warning(f"  failed: {name} (log: {out / 'logs' / (name + '.log')})")
     return SweepResult(counts, failed, wall, EXIT_FAILED if failed else EXIT_OK, ran)

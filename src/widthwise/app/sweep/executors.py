@@ -8,12 +8,12 @@ signal (or, on Ray, lost with its node or worker).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,8 @@ from typing import Any
 from ...errors import SweepError
 from .spec import Point
 from .worker import collect_result
+
+logger = logging.getLogger(__name__)
 
 EXECUTORS = ("local", "ray")
 Finished = tuple["Job", int, "dict[str, Any] | None"]
@@ -122,8 +124,7 @@ class RayExecutor:
 
     name = "ray"
 
-    def __init__(self, workers: int, threads: int, address: str | None = None,
-                 log: Callable[[str], None] = lambda msg: None) -> None:
+    def __init__(self, workers: int, threads: int, address: str | None = None) -> None:
         try:
             import ray
         except ImportError:
@@ -143,7 +144,7 @@ class RayExecutor:
             raise SweepError(f"--threads {threads}: the Ray cluster has only {cpus} CPU(s)")
         self.remote = ray.remote(run_attempt).options(num_cpus=threads, max_retries=2)
         self.running: dict[Any, Job] = {}
-        log(f"widthwise: Ray cluster with {cpus} CPU(s)")
+        logger.info(f"Ray cluster with {cpus} CPU(s)")
 
     def describe(self) -> str:
         return f"Ray, {self.slots} task(s) at a time x {self.threads} thread(s)"
@@ -188,9 +189,8 @@ def check_executor(name: str, address: str | None) -> None:
         raise SweepError("--address is for --executor ray only")
 
 
-def make_executor(name: str, workers: int, threads: int, address: str | None = None,
-                  log: Callable[[str], None] = lambda msg: None) -> LocalExecutor | RayExecutor:
+def make_executor(name: str, workers: int, threads: int, address: str | None = None) -> LocalExecutor | RayExecutor:
     check_executor(name, address)
     if name == "ray":
-        return RayExecutor(workers, threads, address, log)
+        return RayExecutor(workers, threads, address)
     return LocalExecutor(workers, threads)
