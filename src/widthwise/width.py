@@ -32,36 +32,55 @@ def check_same_parameters(sites: Mapping[str, ParamSite], shapes: Mapping[str, t
         raise ValueError(f"base parameter {extra[0]!r} does not exist in the model ({len(extra)} extra)")
 
 
+def check_comparable(name: str, shape: tuple[int, ...], base_shape: tuple[int, ...]) -> None:
+    """``ValueError`` naming the parameter unless ``shape`` and ``base_shape`` have one rank and no empty base dim."""
+    if len(shape) != len(base_shape):
+        raise ValueError(f"parameter {name!r}: shape {shape} and base shape {base_shape} differ in rank; build the "
+                         "base from the same model code at a smaller width")
+    if any(b <= 0 for b in base_shape):
+        raise ValueError(f"parameter {name!r}: base shape {base_shape} has an empty dimension; give the base model "
+                         "at least one unit in every dimension")
+
+
+def dimension_ratios(shape: tuple[int, ...], base_shape: tuple[int, ...]) -> tuple[float, ...]:
+    """Each dimension's own width ratio ``d / d_base`` (muP's ``InfDim.width_mult``, one per dimension)."""
+    return tuple(d / b for d, b in zip(shape, base_shape, strict=True))
+
+
 def shape_ratio(name: str, shape: tuple[int, ...], base_shape: tuple[int, ...]) -> float:
     """The single ratio by which the scaled dimensions of ``shape`` exceed ``base_shape`` (1 if none do).
 
-    A different number of dimensions, an empty base dimension, or two dimensions scaled by different
-    ratios is a ``ValueError`` naming the parameter.
+    For parameters whose rules need one width (vectors, multipliers, parameters of rank 0 or 1). A different
+    number of dimensions, an empty base dimension, or two dimensions scaled by different ratios is a
+    ``ValueError`` naming the parameter and what to change.
     """
-    if len(shape) != len(base_shape):
-        raise ValueError(f"parameter {name!r}: shape {shape} and base shape {base_shape} differ in rank")
-    if any(b <= 0 for b in base_shape):
-        raise ValueError(f"parameter {name!r}: base shape {base_shape} has an empty dimension")
-    ratios = [d / b for d, b in zip(shape, base_shape, strict=True)]
+    check_comparable(name, shape, base_shape)
+    ratios = dimension_ratios(shape, base_shape)
     scaled = [r for r in ratios if r != 1]
     if any(not math.isclose(r, scaled[0], rel_tol=_REL_TOL) for r in scaled):
         raise ValueError(
             f"parameter {name!r}: shape {shape} against base {base_shape} scales its dimensions by "
-            f"inconsistent ratios {', '.join(f'{r:g}' for r in ratios)}"
+            f"inconsistent ratios {', '.join(f'{r:g}' for r in ratios)}, and its role's rules need one width; "
+            "give it a matrix role (roles={pattern: 'hidden'}: rules in its fan-in) or a base that scales its "
+            "dimensions alike"
         )
     return scaled[0] if scaled else 1.0
 
 
 def width_multiplier(site: ParamSite, role: Role, base_shape: tuple[int, ...] | None) -> float:
-    """The width multiplier ``m`` that a parameter's scaling rules use.
+    """The width multiplier ``m`` that a parameter's scaling rules use, per dimension as muP defines it.
 
-    hidden and head: the fan-in ratio (muP's ``1/fan_in`` rules); embedding: the fan-out ratio (its width);
-    vector: the ratio of its dimension. Multipliers without a base counterpart get 1.
+    Matrices (rank >= 2) of role hidden or head: their fan-in ratio, whatever their fan-out does (muP's
+    ``1/fan_in`` LR and init; microsoft/mup's ``InfShape.width_mult()`` of a matrix is its fan-in's), so a GQA
+    ``k_proj`` whose KV heads grow by 2 while the width grows by 4 takes ``m = 4``. Embedding matrices: the
+    fan-out ratio (their width; display only, the embedding's rules do not scale). Vectors, multipliers and
+    other parameters of rank < 2: the one ratio their scaled dimensions share (:func:`shape_ratio`).
+    Without a base counterpart (multipliers): 1.
     """
     if base_shape is None:
         return 1.0
-    common = shape_ratio(site.name, site.shape, base_shape)
-    if site.param.ndim < 2 or role in (Role.VECTOR, Role.MULTIPLIER):
-        return common
-    out_ratio, in_ratio = fan_ratios(site, base_shape)
-    return out_ratio if role is Role.EMBEDDING else in_ratio
+    if site.param.ndim >= 2 and role in (Role.HIDDEN, Role.HEAD, Role.EMBEDDING):
+        check_comparable(site.name, site.shape, base_shape)
+        out_ratio, in_ratio = fan_ratios(site, base_shape)
+        return out_ratio if role is Role.EMBEDDING else in_ratio
+    return shape_ratio(site.name, site.shape, base_shape)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from widthwise.app.config import load_config
-from widthwise.app.setup import build, load_recipe, model_configs
+from widthwise.app.setup import _base_heads, at_width, build, load_recipe, model_configs
 from widthwise.diagnostics.multiplier_stats import multiplier_stats
 from widthwise.diagnostics.naming import layer_type
 from widthwise.errors import ConfigError
@@ -93,3 +93,31 @@ def test_muon_plan_table_shows_what_the_optimizer_runs():
     assert muon["initial_lr"] == pytest.approx(0.005) and muon["weight_decay"] == pytest.approx(0.2)
     row = next(line.split() for line in table.splitlines() if line.startswith("blocks.0.attn.q_proj.weight.row "))
     assert row[2] == "adamw" and row[-3:-1] == ["0.02", "0.001"]  # multipliers.lr / weight_decay, via the plan
+
+
+@pytest.mark.parametrize(("heads", "kv_heads", "width", "base_width", "expected"), [
+    (2, 1, 32, 16, (1, 1)),  # tiny at base 16: one head cannot keep 2 queries per KV head, so one KV head
+    (4, 2, 64, 16, (1, 1)),
+    (4, 2, 128, 64, (2, 1)),  # the group ratio kept
+    (8, 4, 128, 48, (3, 1)),  # 3 heads, ratio 2: the largest divisor of 3 with at least that ratio
+    (4, 4, 64, 16, (1, 1)),
+    (4, 2, 64, 24, (4, 2)),  # the head dim (16) does not divide the base width: the heads are kept
+])
+def test_base_heads(heads, kv_heads, width, base_width, expected):
+    assert _base_heads(heads, kv_heads, width, base_width) == expected
+
+
+@pytest.mark.parametrize("width", [32, 64])
+def test_tiny_gqa_at_base_16_builds_per_dimension(width):
+    # tiny: head dim 16, 2 queries per KV head; base width 16 has one head and one KV head. At width 64 k_proj is
+    # 32 out x 64 in against 16 x 16: fan-out x2, fan-in x4, which used to be refused as "inconsistent ratios 2, 4".
+    c = at_width(load_config("tiny"), width)
+    built = build(c, 300, torch.device("cpu"))
+    assert (built.model_config.heads, built.model_config.kv_heads) == (width // 16, width // 32)
+    assert (built.base_config.width, built.base_config.heads, built.base_config.kv_heads) == (16, 1, 1)
+    m = width / 16
+    for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        e = built.plan[f"blocks.0.attn.{name}.weight"]
+        assert (e.width_mult, e.lr_factor, e.wd_factor) == (m, 1 / m, m**0.5), name  # robust, fan-in m
+        assert e.init_std == pytest.approx(0.02 / m**0.5)
+    assert built.plan["blocks.0.attn.k_proj.weight"].shape == (16 * (width // 32), width)

@@ -97,14 +97,22 @@ def load_recipe(config: Config) -> Recipe:
 
 
 def _base_heads(heads: int, kv_heads: int, width: int, base_width: int) -> tuple[int, int]:
-    """Heads of the base model: keep the head dimension when the base width allows it, else keep the heads."""
+    """Heads of the base model: keep the head dimension when the base width allows it, else keep the heads.
+
+    With the head dimension kept, the base's KV heads keep the query/KV group ratio where its head count allows,
+    else they are the largest divisor of its heads that keeps at least that ratio (a GQA base narrower than the
+    ratio, e.g. one head where the model groups two queries per KV head: one KV head). The KV projections then
+    scale their fan-out by a different ratio than their fan-in, which the plan handles per dimension (their
+    width multiplier is the fan-in's, as in muP).
+    """
     head_dim = width // heads
     if base_width % head_dim == 0:
         base_heads = base_width // head_dim
         group = heads // kv_heads
-        if base_heads % group == 0:
-            return base_heads, base_heads // group
-        return base_heads, base_heads
+        base_kv = max(1, base_heads // group)
+        while base_heads % base_kv:
+            base_kv -= 1
+        return base_heads, base_kv
     return heads, kv_heads
 
 
