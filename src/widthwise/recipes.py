@@ -1,19 +1,23 @@
 """Recipes: how each role's learning rate, weight decay, init and forward multipliers scale with width.
 
 A recipe is a set of exponents; :func:`role_scaling` turns a role and a width multiplier into factors with
-the pure rules of :mod:`widthwise.rules`. The presets:
+the pure rules of :mod:`widthwise.rules`. The presets, each named after what it reproduces:
 
-============  =========  ==========  =========  ==========================  ====================
-recipe        hidden lr  hidden wd   hidden     embedding / head            head output, attention
-                                     init std   lr, wd
-============  =========  ==========  =========  ==========================  ====================
-``sp``        1          1           std        1, 1                        1, 1/sqrt(d_head)
-``mup``       1/m        1           std/sqrt m 1, 1                        1/m, 1/d_head
-``robust``    1/m        sqrt(m)     std/sqrt m 1, 0                        1/m, 1/d_head
-============  =========  ==========  =========  ==========================  ====================
+===================  =========  ==========  ==========  ===============  ====================  ==================
+recipe               hidden lr  hidden wd   hidden      embedding/head   head output,          source
+                                            init std    lr, wd           attention
+===================  =========  ==========  ==========  ===============  ====================  ==================
+``sp``               1          1           0.02        1, 1             1, 1/sqrt(d_head)     GPT-2's training
+``mup``              1/m        m           0.02/sqrt m 1, 1             1/m, 1/d_head         microsoft/mup
+                                                                                               ``MuAdamW``
+``mup_constant_wd``  1/m        1           0.02/sqrt m 1, 1             1/m, 1/d_head         Tensor Programs V
+``robust``           1/m        sqrt(m)     0.02/sqrt m 1, 0             1/m, 1/d_head         Fan et al. 2025
+===================  =========  ==========  ==========  ===============  ====================  ==================
 
+``m`` is each parameter's own width multiplier (a hidden matrix's fan-in ratio, :mod:`widthwise.width`).
 Vectors (norm gains, biases) always take lr factor 1 and no weight decay. The hidden columns are AdamW's;
-hidden matrices trained by Muon take :meth:`Recipe.exponents` ``("muon", adjust_lr_fn)`` instead.
+hidden matrices trained by Muon take :meth:`Recipe.exponents` ``("muon", adjust_lr_fn)`` instead, whose
+weight-decay exponent is our derivation (:func:`rules.muon_wd_exponent`), not a published rule.
 """
 
 from __future__ import annotations
@@ -37,8 +41,9 @@ class Recipe:
     ``attention_scale``: ``standard`` | ``mup`` | ``mup_exact`` (:func:`rules.attention_query_multiplier`).
     ``vector_like_wd``: whether embeddings and the head are decayed (robust: no).
     ``muon_lr_exponent``/``muon_wd_exponent``: hidden-matrix exponents under Muon; ``None`` derives them
-    from Muon's ``adjust_lr_fn`` (:func:`rules.muon_lr_exponent`, :func:`rules.muon_wd_exponent`) when the
-    recipe scales with width and keeps 0 (no scaling) for ``sp``. :meth:`exponents` resolves them.
+    from Muon's ``adjust_lr_fn`` (:func:`rules.muon_lr_exponent`, the spectral rule;
+    :func:`rules.muon_wd_exponent`, our derivation) when the recipe scales with width and keeps 0 (no scaling)
+    for ``sp``. :meth:`exponents` resolves them.
     """
 
     name: str
@@ -73,9 +78,11 @@ class Recipe:
                   adjust_lr_fn: str | None = rules.DEFAULT_MUON_ADJUST_LR_FN) -> tuple[float, float]:
         """``(lr_exponent, wd_exponent)`` of the hidden matrices under ``optimizer``: ``lr ~ m^-e_lr``, ``wd ~ m^e_wd``.
 
-        ``adamw``: the recipe's own. ``muon``: the spectral rule for Muon's ``adjust_lr_fn``
-        (:func:`rules.muon_lr_exponent`, :func:`rules.muon_wd_exponent`) when the recipe scales with width, 0 for
-        ``sp``; the recipe's ``muon_lr_exponent``/``muon_wd_exponent`` replace the derived values.
+        ``adamw``: the recipe's own. ``muon``: the spectral LR rule for Muon's ``adjust_lr_fn``
+        (:func:`rules.muon_lr_exponent`) and our noise-equilibrium derivation for its WD
+        (:func:`rules.muon_wd_exponent`, not a published rule) when the recipe scales with width, 0 for ``sp``;
+        every width-scaling preset (``mup``, ``mup_constant_wd``, ``robust``) gets the same pair, whatever its
+        AdamW WD exponent. The recipe's ``muon_lr_exponent``/``muon_wd_exponent`` replace the derived values.
         """
         if optimizer not in rules.OPTIMIZERS:
             raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {', '.join(rules.OPTIMIZERS)}")
@@ -102,10 +109,18 @@ class Recipe:
 
 
 PRESETS: dict[str, Recipe] = {
-    # Standard parametrization: one LR and WD for every matrix, nothing scales with width.
+    # Standard parametrization as GPT-2 trains (openai/gpt-2 code, HF GPT2Config, nanoGPT): init std 0.02, one LR
+    # and WD for every matrix, nothing scales with width. Not Tensor Programs V's SP, whose init is 1/sqrt(fan_in)
+    # (get_recipe("sp", init_exponent=0.5) gives its fan-in law, anchored at 0.02 at the base width).
     "sp": Recipe("sp", 0.0, 0.0, 0.0, 0.0, "standard", vector_like_wd=True),
-    # muP for Adam (Yang et al. 2022, arXiv 2203.03466, Table 3), classic constant weight decay.
-    "mup": Recipe("mup", 1.0, 0.0, 0.5, 1.0, "mup", vector_like_wd=True),
+    # microsoft/mup's MuAdamW with its defaults (mup 1.0.0, mup/optim.py MuAdam): matrix-like parameters
+    # (infshape.ninf() == 2) take lr / width_mult and weight_decay * width_mult, so torch AdamW's decoupled
+    # shrink lr * wd stays constant; vector-like ones (embedding, head, ninf() <= 1) keep both. With muP's
+    # init (Tensor Programs V, Table 3) and its readout 1/m and attention 1/d_head.
+    "mup": Recipe("mup", 1.0, 1.0, 0.5, 1.0, "mup", vector_like_wd=True),
+    # muP for Adam (Yang et al. 2022, arXiv 2203.03466, Table 3) with the weight decay held constant across
+    # widths (the paper does not scale WD; lr * wd then falls as 1/m).
+    "mup_constant_wd": Recipe("mup_constant_wd", 1.0, 0.0, 0.5, 1.0, "mup", vector_like_wd=True),
     # Robust layerwise scaling (Fan et al. 2025, arXiv 2510.15262): muP LR and init, wd ~ sqrt(d) on
     # matrices, vector-like parameters (embeddings, head, norms, biases) undecayed.
     "robust": Recipe("robust", 1.0, 0.5, 0.5, 1.0, "mup", vector_like_wd=False),
@@ -113,7 +128,7 @@ PRESETS: dict[str, Recipe] = {
 
 
 def get_recipe(recipe: str | Recipe | Mapping[str, Any] = "robust", **overrides: Any) -> Recipe:
-    """A preset by name (``sp``, ``mup``, ``robust``), a ``Recipe``, or a recipe dict, with field overrides.
+    """A preset (``sp``, ``mup``, ``mup_constant_wd``, ``robust``), a ``Recipe`` or a recipe dict, with field overrides.
 
     >>> get_recipe("robust", wd_exponent=1.0).wd_exponent
     1.0

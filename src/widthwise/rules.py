@@ -53,8 +53,10 @@ def hidden_wd_factor(m: float, exponent: float = 0.5) -> float:
 
     ``exponent=0.5`` is the robust rule of Fan et al. 2025 (arXiv 2510.15262): with ``eta ~ 1/d`` it keeps
     ``eta/lam ~ d^-1.5``, which holds the top singular value ``sigma_max ~ sqrt(eta/lam) d^0.75`` and the
-    sublayer gain width-invariant. ``0`` is classic muP (constant ``lam``); ``1`` keeps ``eta*lam`` constant
-    (microsoft/mup's MuAdamW, CompleteP, Wang & Aitchison's timescale rule).
+    sublayer gain width-invariant. ``0`` keeps ``lam`` constant (Tensor Programs V does not scale it: preset
+    ``mup_constant_wd``); ``1`` keeps ``eta*lam`` constant: microsoft/mup's ``MuAdamW`` (mup 1.0.0,
+    ``mup/optim.py``: ``weight_decay *= width_mult`` beside ``lr /= width_mult``; preset ``mup``), CompleteP,
+    Wang & Aitchison's timescale rule.
     """
     _check_m(m)
     return m**exponent
@@ -64,7 +66,9 @@ def hidden_init_std(base_std: float, m: float, exponent: float = 0.5) -> float:
     """Init standard deviation ``base_std * m ** -exponent`` of hidden weights.
 
     muP (Tensor Programs V, Table 3): hidden init variance ``~ 1/fan_in``, i.e. the std shrinks as
-    ``m^-1/2`` from the value ``base_std`` used at the base width. ``exponent=0`` keeps the std fixed (SP).
+    ``m^-1/2`` (``m`` the fan-in ratio) from the value ``base_std`` used at the base width. This is the
+    ``1/sqrt(fan_in)`` *law*, equal to ``1/sqrt(fan_in)`` itself only when ``base_std = 1/sqrt(base fan_in)``
+    (0.02 is that at a base fan-in of 2,500, not at 64). ``exponent=0`` keeps the std fixed (GPT-2's 0.02).
     """
     _check_m(m)
     if not base_std > 0:
@@ -142,7 +146,10 @@ def muon_wd_exponent(adjust_lr_fn: str | None = "original") -> float:
     ``rms(W)^2 = lr * s^2 / (2 * wd * max(rows, cols))`` (the Muon analogue of Kosson et al. 2024,
     arXiv 2305.17212). Keeping it at muP's ``1/fan_in`` init scale with the lr of :func:`muon_lr_exponent`
     needs ``e = 0`` for ``"original"`` and ``e = 1/2`` for ``"match_rms_adamw"``; in both cases ``lr * wd``
-    stays constant.
+    stays constant. The argument ignores the gradient's signal and is not yet measured; every width-scaling
+    preset (``mup``, ``mup_constant_wd``, ``robust``) uses it, so they coincide on Muon's hidden matrices
+    (``lr x m^-1/2``, ``wd x m^1/2`` under ``"match_rms_adamw"``). Override it per recipe
+    (``muon_wd_exponent``) or measure it (``widthwise calibrate``).
     """
     return 0.0 if check_adjust_lr_fn(adjust_lr_fn) == "original" else 0.5
 

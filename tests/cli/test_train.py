@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from widthwise.app.metrics import read_metrics
+from widthwise.app.runtime import bf16_fast
 from widthwise.cli import main
-from widthwise.hardware import bf16_is_fast
 
 FAST = ["train.threads=1", "train.progress=false"]
 
@@ -174,7 +174,7 @@ def test_muon_run_records_its_newton_schulz_dtype_and_resumes_exactly(tmp_path):
     assert main(["train", "--resume", str(run), "--set", "train.steps=12"]) == 0
     assert losses(run) == losses(reference)
     config = __import__("yaml").safe_load((run / "config.yaml").read_text())
-    expected = "bfloat16" if bf16_is_fast(torch.device("cpu")) else "float32"
+    expected = "bfloat16" if bf16_fast(torch.device("cpu")) else "float32"  # the cached machine decision
     assert config["resolved"]["runtime"]["muon_ns_dtype"] == expected
 
 

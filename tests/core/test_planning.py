@@ -63,12 +63,22 @@ def test_param_plan_values_and_checks():
 def test_mup_and_sp_factors():
     model, base = llama(256), llama(64, meta=True)
     mup = ww.plan(model, base=base, recipe="mup")
+    classic = ww.plan(model, base=base, recipe="mup_constant_wd")
     sp = ww.plan(model, base=base, recipe="sp")
     name = "model.layers.1.self_attn.o_proj.weight"
-    assert (mup[name].lr_factor, mup[name].wd_factor, mup[name].init_std) == (0.25, 1.0, 0.01)
+    assert (mup[name].lr_factor, mup[name].wd_factor, mup[name].init_std) == (0.25, 4.0, 0.01)  # MuAdamW
+    assert (classic[name].lr_factor, classic[name].wd_factor, classic[name].init_std) == (0.25, 1.0, 0.01)
     assert (sp[name].lr_factor, sp[name].wd_factor, sp[name].init_std) == (1.0, 1.0, 0.02)
-    assert mup["lm_head.weight"].wd_factor == 1.0
+    assert mup["lm_head.weight"].wd_factor == classic["lm_head.weight"].wd_factor == 1.0
     assert sp.forward_multipliers == []
+
+
+def test_gqa_base_narrower_than_the_kv_ratio_plans_per_dimension():
+    # base width 16: one head, one KV head; width 64: 4 heads, 2 KV heads. k_proj 32x64 vs 16x16: fan-in x4.
+    p = ww.plan(llama(64), base=llama(16, meta=True), recipe="mup")
+    k = p["model.layers.0.self_attn.k_proj.weight"]
+    assert (k.shape, k.width_mult, k.lr_factor, k.wd_factor, k.init_std) == ((32, 64), 4.0, 0.25, 4.0, 0.01)
+    assert p["model.layers.0.self_attn.q_proj.weight"].width_mult == 4.0  # 64x64 vs 16x16: both ratios 4
 
 
 def test_table_shows_roles_factors_and_lr_wd(robust_plan):

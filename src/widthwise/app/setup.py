@@ -30,7 +30,7 @@ from ..recipes import Recipe, get_recipe
 from ..schedules import lr_schedule
 from .config import Config, apply_overrides
 from .data import TokenData, prepare_data
-from .runtime import resolve_device
+from .runtime import resolve_device, resolve_ns_dtype
 
 
 def default_cache_dir() -> Path:
@@ -240,7 +240,8 @@ def build(config: Config, vocab_size: int, device: torch.device) -> Built:
     try:
         optimizer = build_optimizer(
             model, the_plan, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas), eps=o.eps,
-            muon_lr=o.muon_lr, ns_dtype=o.ns_dtype, check_forward_multipliers=False,
+            muon_lr=o.muon_lr, check_forward_multipliers=False,
+            ns_dtype=resolve_ns_dtype(o.ns_dtype, device) if o.name == "muon" else o.ns_dtype,
         )
     except ValueError as err:
         raise ConfigError(f"optim: {err}") from None
