@@ -64,3 +64,35 @@ def test_read_results_errors(tmp_path):
     (tmp_path / "results.db").write_text("not a database" * 100)
     with pytest.raises(SweepError, match="results.db is unreadable"):
         read_results(tmp_path)
+
+
+def test_a_schema_1_database_gains_the_new_columns_its_rows_null(tmp_path, points):
+    """results.db of an earlier widthwise (no numerics, no relaxation times) opens, migrates, and takes new results."""
+    path = tmp_path / "results.db"
+    old = sqlite3.connect(path)
+    old.execute("CREATE TABLE runs (run_id TEXT PRIMARY KEY, name TEXT NOT NULL, params TEXT NOT NULL, config TEXT "
+                "NOT NULL, status TEXT NOT NULL, val_loss REAL, final_train_loss REAL, tokens INTEGER, steps INTEGER, "
+                "wall_s REAL, tokens_per_s REAL, width INTEGER, base_width INTEGER, recipe TEXT, optimizer TEXT, "
+                "multipliers TEXT, lr REAL, weight_decay REAL, seed INTEGER, sigma_max REAL, gain REAL, layer_types "
+                "TEXT, error TEXT, attempts INTEGER NOT NULL DEFAULT 0, worker TEXT, started_at REAL, "
+                "finished_at REAL)")
+    old.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+    old.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    old.execute("INSERT INTO runs (run_id, name, params, config, status, val_loss) VALUES ('old', 'old', '{}', '{}', "
+                "'completed', 5.0)")
+    old.commit()
+    old.close()
+    with ResultsDB(path) as db:
+        assert db.meta("schema_version") == "2"
+        db.add(points[:1])
+        db.record(points[0].run_id, {"status": "completed", "val_loss": 5.1, "numerics": "cpu/float32/eager",
+                                     "relaxation_times": 0.3, "relaxation_groups": {"mlp.up_proj": 0.3}})
+        db.set_meta("numerics", '{"train.dtype": "float32"}')
+    with ResultsDB(path) as db:  # opening again migrates nothing twice
+        rows = {r["run_id"]: r for r in db.rows()}
+        assert db.meta("numerics") == '{"train.dtype": "float32"}' and db.meta("absent") is None
+    assert rows["old"]["val_loss"] == 5.0
+    assert (rows["old"]["numerics"], rows["old"]["relaxation_times"], rows["old"]["relaxation_groups"]) == (None,) * 3
+    new = rows[points[0].run_id]
+    assert (new["numerics"], new["relaxation_times"], new["relaxation_groups"]) == \
+        ("cpu/float32/eager", 0.3, {"mlp.up_proj": 0.3})

@@ -266,8 +266,19 @@ def compute_optima(families: Sequence[Family]) -> dict[str, Any]:
 
 
 def check_analyzable(rows: Sequence[Mapping[str, Any]], where: str) -> None:
-    """Raise ``SweepError`` unless some run completed and the LR takes two or more values."""
+    """Raise ``SweepError`` unless some run completed, the LR takes two or more values and the runs share their
+    numerics (device/dtype/compile; Muon runs also the Newton-Schulz dtype; rows without numerics, of older sweeps,
+    pass)."""
     from ...errors import SweepError
+
+    numerics: dict[str, int] = {}
+    for r in rows:
+        if r.get("numerics"):
+            numerics[r["numerics"]] = numerics.get(r["numerics"], 0) + 1
+    if len({n.split("/ns-")[0] for n in numerics}) > 1 or len({n for n in numerics if "/ns-" in n}) > 1:
+        have = ", ".join(f"{n} ({c} rows)" for n, c in numerics.items())
+        raise SweepError(f"{where}: the runs computed with different numerics ({have}); their losses are not "
+                         "comparable: rerun the odd ones with the same train.dtype/train.compile/optim.ns_dtype")
 
     if not any(r.get("status") == "completed" for r in rows):
         counts = _status_counts(rows)

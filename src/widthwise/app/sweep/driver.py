@@ -5,27 +5,36 @@ directories) and ``logs/<name>.log`` (each worker's output). Running the same co
 completed and diverged runs are kept, runs that were going when the driver or a worker died continue from their
 checkpoints. Diverged runs are results (the edge of the stable region); only runs that fail (a crash, bad input,
 or killed :data:`MAX_ATTEMPTS` times) are errors.
+
+Every point of a sweep computes with the same numerics: the driver resolves the ``auto`` device, dtype, compile and
+Newton-Schulz settings once (:func:`resolve_numerics`), stores them in ``results.db`` so reruns keep them, and
+gives them to every point as explicit values (runtime settings are outside the run id).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ...errors import EXIT_BAD_INPUT, EXIT_BUSY, EXIT_DIVERGED, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, SweepError
+from ...models.llama import Llama
 from ..atomic import atomic_write_text
-from ..setup import load_data
+from ..config import Config, apply_overrides
+from ..runtime import auto_compile, bf16_fast, estimated_step_s, numerics_cache_path, numerics_label
+from ..setup import config_device, load_data, load_recipe, model_configs
 from .executors import Job, check_executor, make_executor
 from .spec import Point, SweepSpec, expand, parse_sweep
 from .store import FINAL, ResultsDB, db_path
@@ -74,16 +83,68 @@ def prepare_sweep_dir(spec: SweepSpec, out: Path) -> None:
     atomic_write_text(stored_file, yaml.safe_dump(spec.to_dict(), sort_keys=False))
 
 
-def _prepare_data(points: list[Point]) -> None:
-    """Tokenize each distinct dataset once, here, before the workers start (they then only read the cache)."""
-    seen = set()
+def _prepare_data(points: list[Point]) -> dict[str, int]:
+    """Tokenize each distinct dataset once, here, before the workers start (they then only read the cache); each
+    point's vocabulary size."""
+    vocab: dict[tuple, int] = {}
+    sizes = {}
     for p in points:
         d, t = p.config.data, p.config.train
         key = (d.path, d.vocab_size, t.seq_len, d.val_fraction, d.split_seed, d.cache_dir)
-        if key not in seen:
-            seen.add(key)
+        if key not in vocab:
             data = load_data(p.config)
+            vocab[key] = data.vocab_size
             logger.info(f"data {d.path or 'Shakespeare (bundled)'}: {len(data.train):,} training tokens")
+        sizes[p.run_id] = vocab[key]
+    return sizes
+
+
+#: The settings :func:`resolve_numerics` decides for a sweep, where a point leaves them ``auto``.
+NUMERICS_KEYS = ("train.device", "train.dtype", "train.compile", "optim.ns_dtype")
+
+
+def _flops_per_step(config: Config, vocab_size: int) -> float:
+    model_cfg, _ = model_configs(config, config.model.vocab_size or vocab_size, load_recipe(config))
+    with torch.device("meta"):
+        model = Llama(model_cfg)
+    t = config.train
+    return model.flops_per_token(t.seq_len) * t.batch_size * t.seq_len
+
+
+def resolve_numerics(points: list[Point], vocab_sizes: dict[str, int]) -> dict[str, Any]:
+    """The sweep's values of :data:`NUMERICS_KEYS`, decided once on this machine (its cached measurements,
+    :mod:`widthwise.app.runtime`): the first point's device; bf16 for dtype and Newton-Schulz where bf16 is fast
+    there; compile where it pays (on a CPU: for every point that leaves it ``auto``, the cheapest included, so one
+    decision holds for the whole sweep)."""
+    device = config_device(points[0].config)
+    dtype = "bfloat16" if bf16_fast(device) else "float32"
+    compiles = []
+    for p in points:
+        t = p.config.train
+        if t.compile == "auto":
+            point_dtype = torch.bfloat16 if (dtype if t.dtype == "auto" else t.dtype) == "bfloat16" else torch.float32
+            step_s = estimated_step_s(p.config.model.width, _flops_per_step(p.config, vocab_sizes[p.run_id]),
+                                      point_dtype) if device.type == "cpu" else None
+            compiles.append(auto_compile(device, t.steps, step_s))
+    return {"train.device": device.type if device.index is None else str(device), "train.dtype": dtype,
+            "train.compile": all(compiles), "optim.ns_dtype": dtype}
+
+
+def with_numerics(point: Point, numerics: dict[str, Any]) -> Point:
+    """``point`` with the sweep's ``numerics`` in place of its ``auto`` values (its explicit ones win); same run id."""
+    data = point.config.to_dict()
+    overrides = {k: v for k, v in numerics.items() if data[k.split(".")[0]][k.split(".")[1]] == "auto"}
+    return replace(point, config=apply_overrides(point.config, overrides)) if overrides else point
+
+
+def sweep_numerics(db: ResultsDB, points: list[Point], vocab_sizes: dict[str, int]) -> dict[str, Any]:
+    """The numerics this sweep runs with: those stored in ``db`` by its first driver, else resolved and stored."""
+    stored = db.meta("numerics")
+    if stored is not None:
+        return json.loads(stored)
+    numerics = resolve_numerics(points, vocab_sizes)
+    db.set_meta("numerics", json.dumps(numerics))
+    return numerics
 
 
 def _log_tail(path: Path) -> str:
@@ -122,7 +183,7 @@ def run_sweep(spec: SweepSpec, out: Path, *, workers: int | None = None, threads
     check_executor(executor, address)
     points = expand(spec)
     prepare_sweep_dir(spec, out)
-    _prepare_data(points)
+    vocab_sizes = _prepare_data(points)
     auto_workers, threads = default_workers(threads)
     workers = workers or auto_workers
     with ResultsDB(db_path(out)) as db:
@@ -133,6 +194,10 @@ def run_sweep(spec: SweepSpec, out: Path, *, workers: int | None = None, threads
         logger.info(f"sweep {out}: {len(points)} runs, {len(points) - len(todo)} already done, {len(todo)} to run")
         if not todo:
             return _finish(db, points, out, started, 0)
+        numerics = sweep_numerics(db, points, vocab_sizes)
+        label = numerics_label(numerics["train.device"], numerics["train.dtype"], numerics["train.compile"])
+        logger.info(f"numerics {label} where a run leaves them auto (decided once for the sweep; this machine's "
+                    f"measurements are cached in {numerics_cache_path()})")
         pool = make_executor(executor, workers, threads, address)
         logger.info(pool.describe())
         bar = tqdm(total=len(points), initial=len(points) - len(todo), unit="run", desc="sweep", file=sys.stderr,
@@ -145,7 +210,9 @@ def run_sweep(spec: SweepSpec, out: Path, *, workers: int | None = None, threads
                     while queue and len(pool.running) < pool.slots and not stop["signal"]:
                         point = queue.pop(0)
                         db.mark_running(point.run_id, f"{pool.name}:{os.uname().nodename}")
-                        pool.submit(Job(point, out / "runs" / point.name, out / "logs" / f"{point.name}.log"))
+                        job = Job(with_numerics(point, numerics), out / "runs" / point.name,
+                                  out / "logs" / f"{point.name}.log")
+                        pool.submit(job)
                     if stop["signal"]:
                         interrupted = True
                         break

@@ -3,6 +3,8 @@
 Workers never touch the database: they train into their run directory and the driver records what the run
 directory says (:func:`widthwise.app.sweep.worker.collect_result`). A driver killed at any moment leaves rows that
 say ``running``; the next driver resumes those runs from their checkpoints.
+
+A database of an earlier schema gains the newer columns on opening (their values ``NULL`` in the old rows).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from .spec import Point
 
 STATUSES = ("pending", "running", "completed", "diverged", "failed")
 FINAL = ("completed", "diverged", "failed")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _COLUMNS = {
     "run_id": "TEXT PRIMARY KEY", "name": "TEXT NOT NULL", "params": "TEXT NOT NULL", "config": "TEXT NOT NULL",
     "status": "TEXT NOT NULL CHECK (status IN ('pending', 'running', 'completed', 'diverged', 'failed'))",
@@ -29,11 +31,13 @@ _COLUMNS = {
     "multipliers": "TEXT", "lr": "REAL", "weight_decay": "REAL", "seed": "INTEGER", "sigma_max": "REAL",
     "gain": "REAL", "layer_types": "TEXT", "error": "TEXT", "attempts": "INTEGER NOT NULL DEFAULT 0",
     "worker": "TEXT", "started_at": "REAL", "finished_at": "REAL",
+    # schema 2: what the run computed with, and how far it got towards the AdamW noise equilibrium
+    "numerics": "TEXT", "relaxation_times": "REAL", "relaxation_groups": "TEXT",
 }
-_JSON = ("params", "config", "layer_types")
+_JSON = ("params", "config", "layer_types", "relaxation_groups")
 #: What a worker's result may set (``collect_result``'s keys).
 RESULT_KEYS = ("status", "val_loss", "final_train_loss", "tokens", "steps", "wall_s", "tokens_per_s", "sigma_max",
-               "gain", "layer_types", "error")
+               "gain", "layer_types", "error", "numerics", "relaxation_times", "relaxation_groups")
 
 
 def db_path(sweep_dir: Path) -> Path:
@@ -53,8 +57,12 @@ class ResultsDB:
         columns = ", ".join(f"{name} {kind}" for name, kind in _COLUMNS.items())
         with self.conn:
             self.conn.execute(f"CREATE TABLE IF NOT EXISTS runs ({columns})")
+            have = {row["name"] for row in self.conn.execute("PRAGMA table_info(runs)")}
+            for name, kind in _COLUMNS.items():
+                if name not in have:  # an older schema: the new columns are nullable
+                    self.conn.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
             self.conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
-            self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
     def close(self) -> None:
         self.conn.close()
@@ -64,6 +72,15 @@ class ResultsDB:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def meta(self, key: str) -> str | None:
+        """A sweep-wide value stored under ``key`` (``numerics``: the driver's resolved settings)."""
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row["value"] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.conn:
+            self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     def add(self, points: Iterable[Point]) -> int:
         """Insert the points not in the table yet as ``pending``; how many were new."""

@@ -87,7 +87,8 @@ def train_point(config_data: dict[str, Any], run_dir: Path, threads: int) -> int
 
 
 def collect_result(run_dir: Path) -> dict[str, Any] | None:
-    """What a run directory says about its run: its summary and last diagnostics; ``None`` when unfinished."""
+    """What a run directory says about its run: its summary, numerics (:func:`run_numerics`), relaxation times
+    (:func:`relaxation_summary`) and last diagnostics; ``None`` when unfinished."""
     run = RunDir(run_dir)
     try:
         summary = run.summary()
@@ -98,8 +99,48 @@ def collect_result(run_dir: Path) -> dict[str, Any] | None:
     result = {k: summary.get(k) for k in ("status", "final_train_loss", "tokens", "steps", "wall_s", "tokens_per_s")}
     result["val_loss"] = summary.get("val_loss") if summary["status"] == "completed" else None
     result.update(diagnostics_summary(run.diagnostics_history()))
+    result["numerics"] = run_numerics(run)
+    result.update(relaxation_summary(run, int(summary.get("steps") or 0)))
     result["error"] = None
     return result
+
+
+def run_numerics(run: RunDir) -> str | None:
+    """The numerics the run computed with (``cpu/float32/eager``, :func:`numerics_label`), from its resolved runtime;
+    ``None`` where config.yaml records none."""
+    from ..runtime import numerics_label
+
+    rt = run.resolved().get("runtime") or {}
+    if not all(k in rt for k in ("device", "dtype", "compile")):
+        return None
+    return numerics_label(rt["device"], rt["dtype"], rt["compile"], rt.get("muon_ns_dtype"))
+
+
+def relaxation_summary(run: RunDir, steps: int) -> dict[str, Any]:
+    """How many relaxation times ``1/(lr*wd)`` the run's hidden matrices covered in its ``steps`` steps:
+    ``relaxation_times``, the fewest over the hidden groups, and ``relaxation_groups``, per layer type.
+
+    Each is ``sum_t lr_t * wd`` over the steps taken, ``lr_t`` the group's planned LR times the schedule's ratio at
+    step ``t`` (recomputed from config.yaml: exact at every step whatever ``train.log_every``) and ``wd`` the
+    plan's: the exponent of the decay ``prod_t (1 - lr_t wd)`` that forgets the initial weights. Unlike
+    ``steps * lr * wd`` it counts warmup and the decayed tail at the LR they ran, which would otherwise overstate
+    how settled a short run with warmup and cosine decay is. ``None`` for a run without hidden matrices.
+    """
+    from ...diagnostics.naming import layer_type
+    from ...planning import Plan
+    from ...schedules import ScheduleRatio
+
+    config, plan = run.config(), Plan.from_dict(run.plan())
+    o, s = config.optim, config.schedule
+    ratio = ScheduleRatio(s.warmup, config.train.steps, s.kind, s.min_ratio, s.decay_fraction)
+    ratio_sum = sum(ratio(t) for t in range(steps))
+    groups: dict[str, float] = {}
+    for p in plan.params.values():
+        if p.role.value == "hidden":
+            times = ratio_sum * p.lr(o.lr, o.muon_lr) * p.weight_decay(o.weight_decay)
+            kind = layer_type(p.name)
+            groups[kind] = min(groups.get(kind, times), times)
+    return {"relaxation_times": min(groups.values()) if groups else None, "relaxation_groups": groups or None}
 
 
 def diagnostics_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
