@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -262,11 +263,31 @@ def plan(
                 lr_x, fixed_lr = None, float(multiplier_lr)
         params[name] = ParamPlan(name, role, site.shape, m, lr_x, wd_x, s.init, s.init_std, tuple(site.aliases),
                                  param_optimizer, fixed_lr, fixed_wd)
+    _warn_width_constant_multipliers(recipe_obj, params)
     fwd = []
     if forward_multipliers:
         fwd = _head_multipliers(model, sites, role_map, shapes, recipe_obj)
         fwd += _attention_multipliers(model, base, recipe_obj)
     return Plan(recipe_obj, params, fwd, optimizer, muon_adjust_lr_fn if optimizer == "muon" else None)
+
+
+def _warn_width_constant_multipliers(recipe: Recipe, params: Mapping[str, ParamPlan]) -> None:
+    """Warn when learnable multipliers train at a width-constant LR while the model is wider than its base.
+
+    Under a recipe that does not scale with width (``sp``) every LR, the multipliers' included, is the base
+    one at every width. The multipliers' own width rule is an open question (arXiv 2601.04890), so nothing
+    makes their training consistent across widths; a width sweep then compares more than the widths.
+    """
+    if recipe.scales_with_width or not any(p.role is Role.MULTIPLIER for p in params.values()):
+        return
+    if all(p.width_mult == 1 for p in params.values()):
+        return
+    warnings.warn(
+        f"recipe {recipe.name!r} trains the learnable multipliers (and every matrix) at a width-constant LR: "
+        "nothing makes their training consistent across widths (their own width rule is an open question, "
+        "arXiv 2601.04890); for width transfer use a recipe that scales with width ('robust', 'mup')",
+        UserWarning, stacklevel=3,
+    )
 
 
 def _check_value(label: str, value: object) -> None:

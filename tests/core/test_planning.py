@@ -1,5 +1,7 @@
 """The plan: table, per-recipe and per-optimizer factors on a real model, JSON/YAML round trip."""
 
+import warnings
+
 import pytest
 
 import widthwise as ww
@@ -33,6 +35,7 @@ def test_robust_factors_on_llama(robust_plan):
     ("robust", "match_rms_adamw", 0.5, 2.0), ("robust", "original", 1.0, 1.0), ("mup", "match_rms_adamw", 0.5, 2.0),
     ("sp", "match_rms_adamw", 1.0, 1.0),
 ])
+@pytest.mark.filterwarnings("ignore:recipe 'sp' trains the learnable multipliers")
 def test_muon_plans_carry_the_spectral_rule(recipe, adjust, lr_x, wd_x):
     model = llama(256)
     ww.add_multipliers(model)
@@ -79,6 +82,18 @@ def test_gqa_base_narrower_than_the_kv_ratio_plans_per_dimension():
     k = p["model.layers.0.self_attn.k_proj.weight"]
     assert (k.shape, k.width_mult, k.lr_factor, k.wd_factor, k.init_std) == ((32, 64), 4.0, 0.25, 4.0, 0.01)
     assert p["model.layers.0.self_attn.q_proj.weight"].width_mult == 4.0  # 64x64 vs 16x16: both ratios 4
+
+
+def test_multipliers_under_sp_warn_that_their_lr_does_not_follow_width():
+    model = llama(128)
+    ww.add_multipliers(model)
+    with pytest.warns(UserWarning, match=r"recipe 'sp'.*multipliers.*width-constant"):
+        ww.plan(model, base=llama(64, meta=True), recipe="sp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ww.plan(model, base=llama(64, meta=True), recipe="mup")  # LR scales with width: no warning
+        ww.plan(model, recipe="sp")  # no base, nothing scales: nothing to warn about
+        ww.plan(llama(128), base=llama(64, meta=True), recipe="sp")  # no multipliers
 
 
 def test_table_shows_roles_factors_and_lr_wd(robust_plan):
