@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from widthwise.app.config import load_config
@@ -50,3 +51,21 @@ def test_a_drift_warning_is_reported_once_then_stays_in_the_records():
     assert len(new) == 1 and "qk.blocks.0.attn" in new[0] and record["warnings"] == new
     record, _, new = monitor.measure(20)
     assert new == [] and len(record["warnings"]) == 1
+
+
+def test_the_stored_v_sigma_is_logged_where_multipliers_make_it_differ_and_only_there_measured():
+    from widthwise.diagnostics import spectra
+
+    built = _built()
+    monitor = TrainingDiagnostics(built.model, built.optimizer)
+    attn = built.model.blocks[0].attn
+    with torch.no_grad():
+        attn.q_proj.parametrizations.weight[0].row.mul_(3.0)
+    record, _, _ = monitor.measure(5)
+    q = record["matrices"]["blocks.0.attn.q_proj.weight"]
+    exact = float(torch.linalg.matrix_norm(attn.q_proj.parametrizations.weight.original.detach(), ord=2))
+    assert q["sigma_max_stored"] == pytest.approx(exact, rel=1e-3)
+    assert q["sigma_max"] == pytest.approx(3 * exact, rel=1e-3)  # every row times 3
+    # the stored pass iterates only the matrices with multipliers (the head's stored V is its sigma_max)
+    assert set(spectra.last_iterations) == set(monitor.parametrized)
+    assert "head.weight" not in monitor.parametrized and "sigma_max_stored" not in record["matrices"]["head.weight"]

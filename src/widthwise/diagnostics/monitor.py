@@ -25,6 +25,10 @@ from .spectra import rms, top_singular_values
 class TrainingDiagnostics:
     """Measures a model (and its optimizer's live LR/WD) every time :meth:`measure` is called.
 
+    Per matrix ``sigma_max`` is the top singular value of the weight the layer applies; where that is not the
+    stored tensor (learnable multipliers ``diag(r) V diag(c)``, fixed scales) ``sigma_max_stored`` is the stored
+    ``V``'s, from its own warm-started power iteration over those matrices only (elsewhere the two are one matrix).
+
     ``batch`` is the fixed input of the sublayer gains (the same sequences every time, so gains are
     comparable across steps); ``None`` skips gains. A symmetry-drift warning is reported once per monitor,
     when it first passes ``drift_threshold`` (log2 units).
@@ -55,8 +59,8 @@ class TrainingDiagnostics:
         if self.spectra:
             for name, sigma in top_singular_values(self.model, which="effective").items():
                 matrices[name]["sigma_max"] = sigma
-            if self.parametrized:
-                stored = top_singular_values(self.model, which="stored")
+            if self.parametrized:  # the stored V of the others is the matrix just measured: not measured twice
+                stored = top_singular_values(self.model, which="stored", names=self.parametrized)
                 for name in self.parametrized:
                     matrices[name]["sigma_max_stored"] = stored[name]
         if self.optimizer is not None:

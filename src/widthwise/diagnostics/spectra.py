@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import torch
 from torch import nn
@@ -35,14 +35,17 @@ _WARM: dict[str, WeakIdKeyDictionary] = {key: WeakIdKeyDictionary() for key in (
 last_iterations: dict[str, int] = {}
 
 
-def _matrices(model_or_tensors: ModelOrTensors, which: str) -> tuple[Matrices, str]:
-    """``({name: (warm-start key, 2-D float32 matrix)}, cache name)`` of a model's matrices or a mapping."""
+def _matrices(model_or_tensors: ModelOrTensors, which: str,
+              names: Collection[str] | None = None) -> tuple[Matrices, str]:
+    """``({name: (warm-start key, 2-D float32 matrix)}, cache name)`` of a model's matrices or a mapping
+    (only those in ``names`` when given)."""
     if which not in WHICH:
         raise ValueError(f"which must be one of {', '.join(WHICH)}, got {which!r}")
     if isinstance(model_or_tensors, nn.Module):
         measure = effective_weight if which == "effective" else stored_weight
         return {name: (site.param, as_linear_map(measure(site), site))
-                for name, site in matrix_sites(model_or_tensors).items()}, which
+                for name, site in matrix_sites(model_or_tensors).items()
+                if names is None or name in names}, which
     if not isinstance(model_or_tensors, Mapping):
         raise TypeError(f"expected an nn.Module or a mapping of name -> tensor, got {type(model_or_tensors).__name__}")
     low = [name for name, t in model_or_tensors.items() if t.ndim < 2]
@@ -50,7 +53,7 @@ def _matrices(model_or_tensors: ModelOrTensors, which: str) -> tuple[Matrices, s
         raise ValueError(f"matrices must be 2-D or more; {', '.join(map(repr, low))} "
                          f"{'is' if len(low) == 1 else 'are'} not")
     return {name: (t, t.detach().reshape(t.shape[0], -1).float())
-            for name, t in model_or_tensors.items()}, "mapping"
+            for name, t in model_or_tensors.items() if names is None or name in names}, "mapping"
 
 
 #: Vectors in the iterated subspace. A single vector converges at the rate sigma_2/sigma_1, which is close to 1
@@ -131,8 +134,10 @@ def top_singular_values(
     tol: float = 1e-4,
     max_iters: int = 200,
     warm_start: bool = True,
+    names: Collection[str] | None = None,
 ) -> dict[str, float]:
-    """``sigma_max`` of every matrix by block power iteration on ``W^T W``, in float32 on the weight's device.
+    """``sigma_max`` of every matrix (of those in ``names`` if given) by block power iteration on ``W^T W``, in
+    float32 on the weight's device.
 
     With ``warm_start`` each matrix restarts from the singular subspace of the previous call (per stored
     parameter or passed tensor, separately per ``which``), so a call during training typically converges in
@@ -142,7 +147,7 @@ def top_singular_values(
     change of sigma below ``tol`` or after ``max_iters``; the iterations each matrix took are left in
     :data:`last_iterations`.
     """
-    matrices, cache_name = _matrices(model_or_tensors, which)
+    matrices, cache_name = _matrices(model_or_tensors, which, names)
     return _top_sigmas(matrices, cache_name, tol, max_iters, warm_start)
 
 

@@ -145,7 +145,9 @@ def relaxation_summary(run: RunDir, steps: int) -> dict[str, Any]:
 
 def diagnostics_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
     """From the last ``diagnostics.jsonl`` record: mean sigma_max and sublayer gain of the block matrices, and per
-    layer type the means over blocks of sigma_max, sublayer gain, RMS and equilibrium ratio."""
+    layer type the means over blocks of sigma_max (the applied weight), sigma_max_stored (the stored ``V``; the
+    same matrix where a record has no ``sigma_max_stored``: no multipliers), sublayer gain, RMS and equilibrium
+    ratio."""
     from ...diagnostics.naming import block_index, pool_by_layer_type
 
     if not records:
@@ -153,8 +155,9 @@ def diagnostics_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
     matrices = {n: m for n, m in records[-1].get("matrices", {}).items() if block_index(n) is not None}
     layer_types: dict[str, dict[str, float]] = {}
     pooled: dict[str, float | None] = {}
-    for key in ("sigma_max", "sublayer_gain", "rms", "equilibrium_ratio"):
-        values = {n: m.get(key) for n, m in matrices.items()}
+    for key in ("sigma_max", "sigma_max_stored", "sublayer_gain", "rms", "equilibrium_ratio"):
+        values = {n: m.get(key, m.get("sigma_max")) if key == "sigma_max_stored" else m.get(key)
+                  for n, m in matrices.items()}
         for kind, value in pool_by_layer_type(values).items():
             layer_types.setdefault(kind, {})[key] = value
         finite = [v for v in values.values() if isinstance(v, (int, float)) and v == v and abs(v) != float("inf")]
