@@ -86,25 +86,43 @@ def test_transfer_writes_a_trainable_config_at_the_target_width(sweep_dir, tmp_p
 
 def test_calibrate_fits_the_exponent_and_writes_a_recipe_the_trainer_accepts(tmp_path, capsys):
     out = tmp_path / "cal"
-    argv = ["calibrate", "--widths", "32,64,128", "--steps", "40", "--out", str(out), "--quiet", "--workers", "2",
-            "--threads", "1", "--set", "optim.weight_decay=2.0", "--set", "optim.lr=0.02"]
+    argv = ["calibrate", "--widths", "32,64,128", "--steps", "24", "--out", str(out), "--quiet", "--workers", "2",
+            "--threads", "1", "--set", "optim.weight_decay=2.5", "--set", "optim.lr=0.03",
+            "--set", "diagnostics.every=12"]
     assert main(argv) == 0
     text = capsys.readouterr().out
-    assert "relaxation times covered" in text and "wd_exponent = " in text
+    assert "relaxation times covered" in text and "premise runs at width 32: lr 0.03, 0.06 x wd 2.5, 5" in text
+    assert "fitted: sigma_max of the stored V (stored weights)" in text
+    assert "a = " in text and "b = " in text and "width exponent p = " in text
+    assert "wd_exponent = e_wd + p/b = " in text and " ± " in text
     cal = json.loads((out / "calibration.json").read_text())
-    assert cal["widths"] == [32, 64, 128] and cal["metric"] == "sigma_max"
+    assert cal["widths"] == [32, 64, 128] and cal["metric"] == "sigma_max" and cal["weights"] == "stored"
     assert set(cal["layers"]) >= {"attn.q_proj", "mlp.down_proj"}
     rows = read_results(out)
     assert sorted(r["width"] for r in rows) == [32, 64, 128] and {r["status"] for r in rows} == {"completed"}
     assert {r["config"]["schedule"]["kind"] for r in rows} == {"constant"}
-    # the derivation: e_wd* = e_wd + 2p, with p the fitted exponent of the pooled sigma_max (robust: e_wd = 0.5)
-    p = cal["pooled"]["fit"]["exponent"]
-    assert cal["derived_exponent"] == pytest.approx(round(0.5 + 2 * p, 3), abs=1e-3)
+    assert all(v["sigma_max_stored"] > 0 for r in rows for v in r["layer_types"].values())
+    premise = read_results(out / "premise")
+    assert {(r["width"], r["config"]["optim"]["lr"], r["config"]["optim"]["weight_decay"]) for r in premise} == {
+        (32, lr, wd) for lr in (0.03, 0.06) for wd in (2.5, 5.0)}
+    # the derivation: e_wd* = e_wd + p/b, with p and b the pooled measured exponents (robust: e_wd = 0.5)
+    p, b = cal["pooled"]["fit"]["exponent"], cal["premise"]["pooled"]["b"]
+    assert cal["premise"]["measured"] and cal["derived_exponent_se"] > 0
+    assert cal["derived_exponent"] == pytest.approx(round(0.5 + p / b, 3), abs=1e-3)
     recipe_file = out / "recipe.yaml"
     recipe = load_recipe(load_config("tiny", [f"scaling.recipe={recipe_file}"]))
     assert recipe.wd_exponent == cal["derived_exponent"] and recipe.lr_exponent == 1.0
     assert (out / "calibration.png").stat().st_size > 10_000
-    assert main(argv) == 0  # a rerun resumes the finished sweep and refits
-    assert "3 already done, 0 to run" in capsys.readouterr().err
+    assert main(argv) == 0  # a rerun resumes the finished sweeps and refits
+    err = capsys.readouterr().err
+    assert "3 already done, 0 to run" in err and "4 already done, 0 to run" in err
+    assert main([*argv, "--weights", "effective", "--premise", "assumed"]) == 0  # no new runs: the effective W
+    text = capsys.readouterr().out
+    assert "effective diag(r) V diag(c) (effective weights)" in text and "premise (assumed)" in text
+    effective = json.loads((out / "calibration.json").read_text())
+    assert effective["weights"] == "effective" and not effective["premise"]["measured"]
+    assert effective["pooled"]["fit"]["exponent"] != pytest.approx(p)  # multipliers: another matrix, another slope
+    assert main(["calibrate", "--metric", "gain", "--weights", "stored", "--out", str(tmp_path / "y")]) == 2
+    assert "--weights: calibration metric gain" in capsys.readouterr().err
     assert main(["calibrate", "--widths", "32,64", "--out", str(tmp_path / "x")]) == 2
     assert "need at least 3 different widths" in capsys.readouterr().err

@@ -17,3 +17,8 @@ COORD_CHECK_STEPS = 5
 CALIBRATE_CONFIG = "tiny"
 CALIBRATE_WIDTHS = (32, 64, 128)
 CALIBRATE_STEPS = 500
+#: The (LR, WD) premise design at the smallest width: base LR and WD each times these factors (2x2 with (1, 2)).
+CALIBRATE_PREMISE_FACTORS = (1.0, 2.0)
+#: Which matrix ``calibrate`` fits: the stored ``V`` (what the noise/WD equilibrium pins) or the effective weight.
+CALIBRATE_WEIGHTS = ("stored", "effective")
+CALIBRATE_PREMISES = ("measured", "assumed")
