@@ -12,6 +12,8 @@ import pytest
 from widthwise.app.analysis.analyze import (
     analyze,
     best_grid_point,
+    bootstrap_intervals,
+    edge_reasons,
     fit_optimum,
     fit_parabola,
     fit_paraboloid,
@@ -165,8 +167,12 @@ def test_zero_weight_decay_in_the_grid():
     fit = fit_optimum(LRS, wds, grid)  # no log-parabola through WD 0: that axis stays on the grid
     assert fit["method"] == "quadratic-1d-lr" and fit["weight_decay"] == 0.01
     assert fit["lr"] == pytest.approx(4.3e-3, rel=1e-6)
-    t = transfer_verdict([32, 64, 128], [1e-3] * 3, [0.0, 0.01, 0.1], LRS, wds)
-    assert t["wd_steps_per_doubling"] == pytest.approx(1.0) and t["verdict"] == "drifts"  # 0 sits a step below 0.01
+    t = transfer_verdict([32, 64, 128], [1e-3] * 3, [0.0, 0.01, 0.1], LRS, wds,
+                         intervals={"lr": [-0.1, 0.1], "wd": [2.0, 4.0]})
+    wd = t["slopes"]["wd"]
+    assert wd["steps_per_doubling"] == pytest.approx(1.0) and t["verdict"] == "drifts"  # 0 sits a step below 0.01
+    assert edge_reasons(32, 1e-3, 0.0, LRS, wds) == [
+        "width 32: the best WD is 0, the smallest of the grid: add small positive values below 0.01"]
 
 
 # ----------------------------------------------------------------------------------------------- cells, families
@@ -208,38 +214,113 @@ def test_families_split_by_recipe_and_other_varied_keys():
 # ----------------------------------------------------------------------------------------------- transfer
 
 
-def _verdict(rows):
+def _optima(rows, **kw):
     from widthwise.app.analysis.analyze import family_optima
 
-    return family_optima(group_families(rows)[0])["transfer"]
+    return family_optima(group_families(rows)[0], **kw)
 
 
-def test_verdict_transfers_when_the_optimum_stays():
-    t = _verdict(family_rows((32, 64, 128, 256), lambda w: 4.3e-3))
-    assert t["verdict"] == "transfers"
-    assert t["lr_steps_per_doubling"] == pytest.approx(0.0, abs=1e-6)
-    assert t["wd_steps_per_doubling"] == pytest.approx(0.0, abs=1e-6)
-    assert "transfers" in t["summary"] and "not" not in t["summary"]
+def test_verdict_transfers_when_a_fixed_interior_optimum_has_seed_noise():
+    rng = np.random.default_rng(7)
+    rows = family_rows((32, 64, 128, 256), lambda w: 4.3e-3, seeds=(0, 1), cross=0.03)
+    for row in rows:
+        if row["val_loss"] is not None:
+            row["val_loss"] += float(rng.normal(0, 0.004))
+    t = _optima(rows)
+    assert t["verdict"] == "transfers" and t["reasons"] == []
+    tol = math.log2(1.25)
+    for axis in ("lr", "wd"):
+        lo, hi = t["slopes"][axis]["ci"]
+        assert -tol < lo < t["slopes"][axis]["slope"] < hi < tol and hi - lo > 0.01  # noise widens the interval
+    assert t["noise"]["sigma"] == pytest.approx(0.0002**0.5, rel=0.2) and "seed spread" in t["noise"]["source"]
+    assert t["summary"].endswith(": transfers") and "90% CI" in t["summary"]
+    assert _optima(rows) == t  # fixed RNG seed: deterministic
 
 
 def test_verdict_drifts_when_the_optimal_lr_halves_per_doubling():
-    t = _verdict(family_rows((32, 64, 128, 256), lambda w: 8.5e-3 * 32 / w))
+    t = _optima(family_rows((32, 64, 128, 256), lambda w: 8.5e-3 * 32 / w))
     assert t["verdict"] == "drifts"
-    assert t["lr_slope"] == pytest.approx(-1.0, abs=1e-6)
-    assert t["lr_steps_per_doubling"] == pytest.approx(-1.0, abs=1e-6)  # grid ratio 2
-    assert t["summary"].startswith("optimal LR moves -1.0 grid steps (x0.5) per width doubling")
-    assert t["summary"].endswith("does not transfer")
+    lr = t["slopes"]["lr"]
+    assert lr["slope"] == pytest.approx(-1.0, abs=1e-6) and lr["factor_per_doubling"] == pytest.approx(0.5)
+    assert lr["steps_per_doubling"] == pytest.approx(-1.0, abs=1e-6)  # grid ratio 2
+    assert lr["ci"][1] < -math.log2(1.25)
+    assert t["summary"].startswith("optimal LR moves -1.0 grid steps (x0.5, 90% CI")
+    assert t["summary"].endswith(": drifts") and "lies outside the tolerance" in t["reasons"][0]
 
 
-def test_verdict_counts_wd_drift_and_needs_two_widths():
-    wd_drift = transfer_verdict([32, 64, 128], [1e-3] * 3, [0.1, 0.2, 0.4], LRS, WDS)
-    assert wd_drift["verdict"] == "drifts" and wd_drift["wd_steps_per_doubling"] == pytest.approx(1.0)
-    single_wd = transfer_verdict([32, 64], [1e-3, 1.1e-3], [0.1, 0.1], LRS, [0.1])
-    assert single_wd["verdict"] == "transfers" and single_wd["wd_steps_per_doubling"] is None
-    edge = transfer_verdict([32, 64], [LRS[-1]] * 2, [0.1] * 2, LRS, WDS, edge_widths=[64])
-    assert edge["verdict"] == "transfers" and "grid edge at width 64" in edge["summary"]
-    one = _verdict(family_rows((64,), lambda w: 4.3e-3))
-    assert one["verdict"] == "insufficient" and one["lr_slope"] is None and "1 width" in one["summary"]
+@pytest.mark.parametrize(("lr0", "wd0", "edge"), [
+    (4.3e-3, 1.0, "the best WD (0.4) is the largest of the grid: extend the WD grid upward"),
+    (1e-4, 0.11, "the best LR (0.00025) is the smallest of the grid: extend the LR grid downward")])
+def test_an_optimum_on_the_grid_edge_at_every_width_is_inconclusive(lr0, wd0, edge):
+    t = _optima(family_rows((32, 64, 128), lambda w: lr0, wd0))
+    axis = "wd" if wd0 == 1.0 else "lr"
+    assert t["slopes"][axis]["slope"] == 0.0  # pinned to the edge: a slope of exactly 0, which proves nothing
+    assert t["verdict"] == "inconclusive"
+    assert [r for r in t["reasons"] if "grid" in r and "width" in r] == [f"width {w}: {edge}" for w in (32, 64, 128)]
+
+
+def test_verdict_straddling_unknown_and_too_few_widths():
+    tol = math.log2(1.25)
+    t = transfer_verdict([32, 64, 128], [1e-3] * 3, [0.1] * 3, LRS, WDS, intervals={"lr": [-0.1, 0.1],
+                                                                                     "wd": [-0.1, tol + 0.1]})
+    assert t["verdict"] == "inconclusive" and "WD slope's 90% interval [-0.10, +0.42] per doubling straddles" in \
+        t["reasons"][0]
+    single_wd = transfer_verdict([32, 64], [1e-3, 1.1e-3], [0.1, 0.1], LRS, [0.1], intervals={"lr": [0.1, 0.2]})
+    assert single_wd["verdict"] == "transfers" and single_wd["slopes"]["wd"] is None
+    unknown = transfer_verdict([32, 64], [1e-3] * 2, [0.1] * 2, LRS, WDS, noise="one seed per cell")
+    assert unknown["verdict"] == "inconclusive" and "no confidence interval for the LR slope: one seed per cell" in \
+        unknown["reasons"][0]
+    one = _optima(family_rows((64,), lambda w: 4.3e-3))
+    assert one["verdict"] == "inconclusive" and one["slopes"]["lr"] is None and "1 width" in one["summary"]
+    assert one["regret"] is None
+
+
+def test_bootstrap_interval_covers_a_planted_slope_at_about_the_nominal_rate():
+    widths, true, sigma, seeds = (32, 64, 128), -0.5, 0.01, 2
+    lr, wd = np.meshgrid(LRS, WDS)
+    rng = np.random.default_rng(11)
+    hits = 0
+    for _ in range(100):
+        grids = [bowl(lr, wd, 4e-3 * (w / 32) ** true, 0.11, d=0.02) + rng.normal(0, sigma, (seeds, *lr.shape)).mean(0)
+                 for w in widths]
+        ci = bootstrap_intervals(widths, grids, [np.full(lr.shape, seeds)] * 3, LRS, WDS, sigma, draws=60)["lr"]
+        hits += ci[0] <= true <= ci[1]
+    assert 0.8 <= hits / 100 <= 0.97
+
+
+def test_regret_at_the_widest_width_equals_the_hand_computed_loss_gap():
+    # width 32 is best at LRS[3] = 2e-3, width 64 at LRS[4] = 4e-3; both at WD 0.1 (grid points: no sub-grid shift)
+    rows = family_rows((32, 64), lambda w: LRS[3] if w == 32 else LRS[4], 0.1, seeds=(0, 1))
+    r = _optima(rows)["regret"]
+    assert (r["width"], r["best_val_loss"], r["best_seed_std"]) == (64, pytest.approx(3.0), pytest.approx(0.0002**0.5))
+    (row,) = r["from"]
+    assert (row["width"], row["lr"], row["weight_decay"], row["status"]) == (32, LRS[3], 0.1, "ok")
+    assert row["regret"] == pytest.approx(0.08 * math.log(2) ** 2)  # b * ln(4e-3 / 2e-3)^2 of the bowl
+    assert row["seed_std"] == pytest.approx(0.0002**0.5)  # losses 3.0384 +- 0.01
+    dead = family_rows((32, 64), lambda w: LRS[3] if w == 32 else LRS[4], 0.1, diverge=lambda w, lr: w == 64 and
+                       lr == LRS[3])
+    assert _optima(dead)["regret"]["from"][0] | {"lr": 0} == {"width": 32, "lr": 0, "weight_decay": 0.1,
+                                                               "status": "diverged", "val_loss": None,
+                                                               "regret": None, "seed_std": None}
+
+
+def test_the_papers_coordinates_and_relaxation_times_at_the_optimum():
+    rows = family_rows((32, 128), lambda w: 4e-3, 0.1)  # robust, base width 32: at 128 lr / 4, wd * 2
+    opt = _optima(rows)
+    c = opt["per_width"]["128"]["coordinates"]
+    assert c == pytest.approx({"lr": 1e-3, "weight_decay": 0.2, "lr_times_wd": 2e-4, "lr_over_wd": 5e-3})
+    assert opt["per_width"]["32"]["coordinates"]["lr_over_wd"] == pytest.approx(4e-3 / 0.1)
+    assert opt["per_width"]["128"]["relaxation_times"] == pytest.approx(10 * 2e-4)  # 10 steps, no warmup
+    (warning,) = opt["warnings"]
+    assert warning.startswith("recipe=robust optimizer=adamw multipliers=row_col: the best run at widths 32 (0.004), "
+                              "128 (0.002) covered fewer than 1 relaxation time")
+    for row in rows:  # the results' own column wins over the estimate from the config
+        row["relaxation_times"] = 3.0 if row["width"] == 128 else 0.5
+    opt = _optima(rows)
+    assert opt["per_width"]["128"]["relaxation_times"] == 3.0
+    assert opt["warnings"] == [opt["warnings"][0]] and "width 32 (0.5) covered" in opt["warnings"][0]
+    sp = _optima(family_rows((64,), lambda w: 4e-3, 0.1, recipe="sp"))["per_width"]["64"]["coordinates"]
+    assert sp == pytest.approx({"lr": 4e-3, "weight_decay": 0.1, "lr_times_wd": 4e-4, "lr_over_wd": 4e-2})
 
 
 # ----------------------------------------------------------------------------------------------- end to end
@@ -251,7 +332,7 @@ def test_analyze_end_to_end(tmp_path):
     saved = json.loads((tmp_path / "optima.json").read_text())
     assert "report" not in saved and "plots" not in saved
     assert {k: v for k, v in out.items() if k not in ("report", "plots")} == saved
-    assert saved["version"] == 1
+    assert saved["version"] == 2
     mup, robust = saved["families"]
     assert robust["label"] == "recipe=robust optimizer=adamw multipliers=row_col"
     assert mup["label"] == "recipe=mup optimizer=adamw multipliers=none"
@@ -259,7 +340,8 @@ def test_analyze_end_to_end(tmp_path):
     assert robust["lr_grid"] == LRS and robust["wd_grid"] == WDS and robust["widths"] == [32, 64, 128, 256]
     assert set(robust["per_width"]) == {"32", "64", "128", "256"}
     w64 = robust["per_width"]["64"]
-    assert set(w64) == {"best", "fit", "ridge", "runs", "completed", "diverged", "failed", "sigma_max", "gain"}
+    assert set(w64) == {"best", "fit", "ridge", "runs", "completed", "diverged", "failed", "sigma_max", "gain",
+                        "coordinates", "relaxation_times"}
     assert (w64["runs"], w64["completed"], w64["diverged"], w64["failed"]) == (81, 70, 10, 1)
     assert w64["best"]["lr"] == 4e-3 and w64["best"]["weight_decay"] == 0.1
     expected = float(bowl(4e-3, 0.1, 4.3e-3, 0.11, a=2.95, d=0.04))
@@ -268,9 +350,11 @@ def test_analyze_end_to_end(tmp_path):
     assert w64["fit"]["method"] == "quadratic-2d" and w64["fit"]["lr"] == pytest.approx(4.3e-3, rel=1e-6)
     assert w64["fit"]["weight_decay"] == pytest.approx(0.11, rel=1e-6)
     assert len(w64["ridge"]) == len(WDS) and w64["sigma_max"] == 10.0 and w64["gain"] == 2.5
-    assert robust["transfer"]["verdict"] == "transfers"
-    assert mup["transfer"]["verdict"] == "drifts"
-    assert mup["transfer"]["lr_steps_per_doubling"] == pytest.approx(-1.0, abs=1e-6)
+    assert robust["verdict"] == "transfers" and robust["reasons"] == []
+    assert mup["verdict"] == "drifts"
+    assert mup["slopes"]["lr"]["steps_per_doubling"] == pytest.approx(-1.0, abs=1e-6)
+    assert [t["regret"] for t in robust["regret"]["from"]] == [0.0, 0.0, 0.0]
+    assert [t["status"] for t in mup["regret"]["from"]] == ["diverged", "diverged", "ok"]  # 512 dead: widest is 256
     dead = mup["per_width"]["512"]
     assert dead["best"] is None and dead["fit"] is None and dead["ridge"] == [] and dead["diverged"] == 40
 
@@ -278,7 +362,8 @@ def test_analyze_end_to_end(tmp_path):
     assert "521 runs: 390 completed, 130 diverged, 1 failed" in report
     for fam in saved["families"]:
         assert f"## {fam['label']}" in report
-    assert "**transfers**" in report and "**drifts**" in report
+    assert "**transfers**" in report and "**drifts**" in report and "## Warnings" in report
+    assert "Regret at width 256 (the widest)" in report and "| hidden lr*wd | hidden lr/wd |" in report
     for name in PNGS:
         assert f"](plots/{name})" in report
         png = tmp_path / "plots" / name

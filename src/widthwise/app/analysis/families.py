@@ -1,5 +1,6 @@
 """A sweep's rows grouped for analysis: *families* (everything but width, LR, WD and seed) of *cells*
-``(width, lr, weight_decay)`` whose seeds are averaged, and positions on a log-spaced grid."""
+``(width, lr, weight_decay)`` whose seeds are averaged, the hidden matrices' LR/WD and relaxation times, and
+positions on a log-spaced grid."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from ...diagnostics.equilibrium import relaxation_steps
+from ...recipes import Recipe, get_recipe
+from ...rules import DEFAULT_MUON_ADJUST_LR_FN
 from ..config import config_keys
 
 #: Config keys that place a run inside a family (axes of the analysis) rather than define the family.
@@ -27,7 +31,9 @@ class Cell:
     """One grid point ``(width, lr, weight_decay)`` of a family, its seeds pooled.
 
     ``val_loss`` is the mean over the completed seeds, ``None`` when none completed or any seed diverged (a
-    completed run with a non-finite loss counts as diverged). ``sigma_max``/``gain`` are seed means too."""
+    completed run with a non-finite loss counts as diverged). ``sigma_max``/``gain`` are seed means too; ``losses``
+    the completed seeds' losses (empty when the point diverged); ``relaxation_times`` the fewest relaxation times
+    ``1/(lr*wd)`` of the hidden matrices a completed seed covered (:func:`row_relaxation_times`)."""
 
     width: int
     lr: float
@@ -41,6 +47,13 @@ class Cell:
     gain: float | None = None
     run_id: str | None = None
     run_dir: str | None = None  # relative to the sweep directory: runs/<name>
+    losses: list[float] = field(default_factory=list)
+    relaxation_times: float | None = None
+
+    @property
+    def seed_std(self) -> float | None:
+        """Standard deviation over the seeds of the loss (``None`` without two completed seeds)."""
+        return statistics.stdev(self.losses) if len(self.losses) > 1 else None
 
     @property
     def status(self) -> str:
@@ -62,6 +75,7 @@ class Family:
     optimizer: str
     multipliers: str
     base_width: int | None
+    hidden: HiddenScaling | None = None
     rows: list[dict[str, Any]] = field(default_factory=list)
     cells: dict[Key, Cell] = field(default_factory=dict)
 
@@ -92,6 +106,72 @@ class Family:
         """:attr:`Cell.status` at ``width`` as ``[wd index][lr index]`` (``missing`` where the grid has no run)."""
         return [[self.cells[(width, lr, wd)].status if (width, lr, wd) in self.cells else "missing"
                  for lr in self.lr_grid] for wd in self.wd_grid]
+
+
+@dataclass(frozen=True)
+class HiddenScaling:
+    """How the plan turns base values into the hidden matrices' LR and WD at a width: ``lr = base_lr * m^-lr_exponent``,
+    ``wd = base_wd * m^wd_exponent``, ``m = width / base_width`` (:meth:`widthwise.recipes.Recipe.exponents` for the
+    family's optimizer). ``fixed_lr``: Muon's ``optim.muon_lr``, the hidden base LR whatever ``optim.lr`` is."""
+
+    lr_exponent: float
+    wd_exponent: float
+    base_width: int
+    fixed_lr: float | None = None
+
+    def at(self, lr: float, weight_decay: float, width: int) -> tuple[float, float]:
+        """``(lr, wd)`` of the hidden matrices at ``width`` for base values ``lr``, ``weight_decay``."""
+        m = width / self.base_width
+        return (self.fixed_lr or lr) * m ** -self.lr_exponent, weight_decay * m ** self.wd_exponent
+
+
+def hidden_scaling(row: Mapping[str, Any]) -> HiddenScaling | None:
+    """The :class:`HiddenScaling` of a results row, from its config (``scaling.recipe`` with ``scaling.overrides``,
+    ``optim``) or, without one, its ``recipe``/``optimizer`` columns; ``None`` when the recipe cannot be loaded (a
+    recipe file that is gone) or the row has no width."""
+    config = row.get("config") or {}
+    scaling, optim = config.get("scaling") or {}, config.get("optim") or {}
+    width = row.get("width") or (config.get("model") or {}).get("width")
+    base_width = row.get("base_width") or scaling.get("base_width") or width
+    optimizer = str(optim.get("name") or row.get("optimizer") or "adamw")
+    try:
+        recipe = _recipe(str(scaling.get("recipe") or row.get("recipe")), scaling.get("overrides") or {}, config)
+        e_lr, e_wd = recipe.exponents(optimizer, optim.get("adjust_lr_fn", DEFAULT_MUON_ADJUST_LR_FN))
+    except (ValueError, TypeError):
+        return None
+    if not base_width:
+        return None
+    fixed = optim.get("muon_lr") if optimizer == "muon" else None
+    return HiddenScaling(e_lr, e_wd, int(base_width), float(fixed) if is_finite(fixed) else None)
+
+
+def _recipe(name: str, overrides: Mapping[str, Any], config: Mapping[str, Any]) -> Recipe:
+    if not name.endswith((".yaml", ".yml", ".json")):
+        return get_recipe(name, **overrides)
+    from ...errors import ConfigError
+    from ..config import from_dict
+    from ..setup import load_recipe
+
+    try:
+        return load_recipe(from_dict(dict(config)))
+    except ConfigError as err:
+        raise ValueError(str(err)) from None
+
+
+def row_relaxation_times(row: Mapping[str, Any], hidden: HiddenScaling | None) -> float | None:
+    """Relaxation times ``1/(lr*wd)`` of the hidden matrices a row's run covered: its ``relaxation_times`` column
+    when the results have one, else ``(steps - warmup / 2) * lr * wd`` with the hidden matrices' LR and WD at the
+    row's width (warmup counts half, as in :func:`widthwise.app.calibrate.relaxation_times`); ``None`` when neither is
+    known. The equilibrium is reached after about one relaxation time (Kosson et al., arXiv 2305.17212)."""
+    if is_finite(row.get("relaxation_times")):
+        return float(row["relaxation_times"])
+    config = row.get("config") or {}
+    steps = row.get("steps") if is_finite(row.get("steps")) else (config.get("train") or {}).get("steps")
+    if hidden is None or not is_finite(steps) or not is_finite(row.get("lr")) or not row.get("width"):
+        return None
+    warmup = (config.get("schedule") or {}).get("warmup") or 0
+    lr, wd = hidden.at(float(row["lr"]), float(row["weight_decay"]), int(row["width"]))
+    return max(0.0, float(steps) - warmup / 2) / relaxation_steps(lr, wd)
 
 
 # ----------------------------------------------------------------------------------------------- grouping
@@ -127,12 +207,13 @@ def family_label(row: Mapping[str, Any]) -> str:
     return " ".join(parts)
 
 
-def aggregate_cells(rows: Iterable[Mapping[str, Any]]) -> dict[Key, Cell]:
-    """Pool rows into cells ``(width, lr, weight_decay)``: count statuses, average losses and diagnostics over seeds."""
+def aggregate_cells(rows: Iterable[Mapping[str, Any]], hidden: HiddenScaling | None = None) -> dict[Key, Cell]:
+    """Pool rows into cells ``(width, lr, weight_decay)``: count statuses, average losses and diagnostics over seeds
+    (``hidden``: the family's scaling, for the relaxation times of rows without the column)."""
     pooled: dict[Key, list[Mapping[str, Any]]] = {}
     for row in rows:
         pooled.setdefault(_cell_key(row), []).append(row)
-    return {key: _cell(key, group) for key, group in sorted(pooled.items())}
+    return {key: _cell(key, group, hidden) for key, group in sorted(pooled.items())}
 
 
 def _cell_key(row: Mapping[str, Any]) -> Key:
@@ -140,7 +221,7 @@ def _cell_key(row: Mapping[str, Any]) -> Key:
     return int(width), grid_value(row["lr"]), grid_value(row["weight_decay"])
 
 
-def _cell(key: Key, rows: list[Mapping[str, Any]]) -> Cell:
+def _cell(key: Key, rows: list[Mapping[str, Any]], hidden: HiddenScaling | None) -> Cell:
     cell = Cell(*key, runs=len(rows))
     done = []
     for row in sorted(rows, key=lambda r: (r.get("seed") or 0)):
@@ -153,11 +234,14 @@ def _cell(key: Key, rows: list[Mapping[str, Any]]) -> Cell:
             cell.failed += 1
     cell.completed = len(done)
     if done and not cell.diverged:
-        cell.val_loss = statistics.fmean(r["val_loss"] for r in done)
+        cell.losses = [float(r["val_loss"]) for r in done]
+        cell.val_loss = statistics.fmean(cell.losses)
         cell.run_id = done[0].get("run_id")
         cell.run_dir = f"runs/{done[0]['name']}" if done[0].get("name") else None
     cell.sigma_max = _mean(r.get("sigma_max") for r in done)
     cell.gain = _mean(r.get("gain") for r in done)
+    relax = [t for t in (row_relaxation_times(r, hidden) for r in done) if t is not None]
+    cell.relaxation_times = min(relax) if relax else None
     return cell
 
 
@@ -173,10 +257,10 @@ def group_families(rows: Iterable[Mapping[str, Any]]) -> list[Family]:
         label = family_label(row)
         if label not in families:
             families[label] = Family(label, family_params(row), str(row.get("recipe")), str(row.get("optimizer")),
-                                     str(row.get("multipliers")), row.get("base_width"))
+                                     str(row.get("multipliers")), row.get("base_width"), hidden_scaling(row))
         families[label].rows.append(dict(row))
     for family in families.values():
-        family.cells = aggregate_cells(family.rows)
+        family.cells = aggregate_cells(family.rows, family.hidden)
     return [families[k] for k in sorted(families)]
 
 

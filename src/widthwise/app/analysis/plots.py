@@ -110,7 +110,7 @@ def _family_heatmaps(subfig, family: Family, entry: Mapping[str, Any], columns: 
     low, high, clipped = loss_range([v for g in grids.values() for v in g.ravel()])
     cmap = colormap("viridis").with_extremes(bad="0.75")
     axes = subfig.subplots(1, columns, squeeze=False)[0]
-    subfig.suptitle(f"{_wrap(family.label, 90)}: {entry['transfer']['verdict']}", fontsize=10)
+    subfig.suptitle(f"{_wrap(family.label, 90)}: {entry['verdict']}", fontsize=10)
     for k, ax in enumerate(axes):
         if k >= len(widths):
             ax.set_visible(False)
@@ -221,10 +221,10 @@ def _loss_panel(ax, family: Family, entry: Mapping[str, Any], colors: Mapping[in
         ax.text(0.5, 0.5, "every run diverged or failed", ha="center", va="center", transform=ax.transAxes,
                 color="0.4")
         ax.set_yticks([])
-    transfer = entry["transfer"]
-    steps = transfer["lr_steps_per_doubling"]
+    lr = entry["slopes"]["lr"]
+    steps = None if lr is None else lr["steps_per_doubling"]
     drift = f", LR {0.0 if abs(steps) < 0.005 else steps:+.2f} grid steps per doubling" if steps is not None else ""
-    ax.set_title(f"{_wrap(family.label)}\n{transfer['verdict']}{drift}", fontsize=9)
+    ax.set_title(f"{_wrap(family.label)}\n{entry['verdict']}{drift}", fontsize=9)
     ax.grid(alpha=0.25)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title="big dot: best LR; x on top: diverged",
               title_fontsize=7, frameon=False)
@@ -302,7 +302,7 @@ def plot_optimum_vs_width(path: Path, optima: Mapping[str, Any]) -> Path:
         for fam in families:
             style = styles[fam["label"]]
             fits = [(int(w), e["fit"]) for w, e in fam["per_width"].items() if e["fit"] is not None]
-            label = f"{fam['label']}: {fam['transfer']['verdict']}"
+            label = f"{fam['label']}: {fam['verdict']}"
             if fits:
                 ax.plot([w for w, _ in fits], [f[key] for _, f in fits], color=style["color"], ls=style["ls"],
                         lw=1.5, label=label)
