@@ -16,6 +16,7 @@ from widthwise.errors import ConfigError, SweepError
 
 FIT = {"lr": 0.004, "weight_decay": 0.1}  # base values of every family's fit; best points differ from them
 FAMILIES = [("robust", "adamw", "transfers"), ("mup", "adamw", "drifts"), ("robust", "muon", "transfers")]
+VERSION = 2
 
 
 def _write_run(run_dir, recipe: str, optimizer: str, width: int, *overrides: str) -> None:
@@ -49,16 +50,20 @@ def _family(sweep_dir, recipe: str, optimizer: str, verdict: str, widths=(16, 32
     return {"label": label, "params": {"scaling.recipe": recipe, "optim.name": optimizer}, "recipe": recipe,
             "optimizer": optimizer, "multipliers": "row_col", "base_width": 16, "lr_grid": [0.001, 0.003, 0.01],
             "wd_grid": [0.05, 0.1, 0.2], "widths": list(widths), "per_width": per_width,
-            "transfer": {"lr_slope": 0.3 if verdict == "drifts" else 0.0, "wd_slope": 0.0,
-                         "lr_steps_per_doubling": None, "wd_steps_per_doubling": None, "verdict": verdict,
-                         "summary": f"the optimum {'moves' if verdict == 'drifts' else 'stays'} with width"}}
+            "verdict": verdict, "reasons": ["an optimum on the grid edge"] if verdict == "inconclusive" else [],
+            "summary": f"the optimum {'moves' if verdict == 'drifts' else 'stays'} with width",
+            "slopes": {"lr": {"slope": 0.3 if verdict == "drifts" else 0.0, "ci": [0.2, 0.4]}, "wd": None},
+            "regret": {"width": widths[-1], "best_val_loss": 5.0, "best_seed_std": None,
+                       "from": [{"width": w, "lr": 0.003, "weight_decay": 0.2, "status": "ok", "val_loss": 5.02,
+                                 "regret": 0.02, "seed_std": 0.004} for w in widths[:-1]]},
+            "warnings": []}
 
 
 @pytest.fixture(scope="module")
 def sweep_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
     families = [_family(root, *f) for f in FAMILIES]
-    (root / "optima.json").write_text(json.dumps({"version": 1, "families": families}))
+    (root / "optima.json").write_text(json.dumps({"version": VERSION, "families": families}))
     return root
 
 
@@ -122,6 +127,25 @@ def test_drifting_family_warns_and_from_width(sweep_dir):
     assert "edge of the grid" in text
 
 
+def test_inconclusive_family_warns_with_its_reasons_and_the_regret_is_shown(tmp_path, capsys):
+    from widthwise.cli import main
+
+    family = _family(tmp_path, "robust", "adamw", "inconclusive")
+    family["warnings"] = ["recipe=robust ...: the best run at width 32 (0.2) covered fewer than 1 relaxation time"]
+    (tmp_path / "optima.json").write_text(json.dumps({"version": VERSION, "families": [family]}))
+    t = transfer_config(tmp_path, 64)  # warned, not refused
+    assert t.verdict == "inconclusive" and t.config.optim.lr == 0.004
+    assert "the sweep's verdict is 'inconclusive': an optimum on the grid edge" in t.warnings
+    assert t.warnings[-1].endswith("covered fewer than 1 relaxation time")
+    assert t.regret_lines() == ["regret at width 32 of width 16's optimum (lr 0.003, wd 0.2): +0.0200 (seed std 0.004)"]
+    assert main(["transfer", str(tmp_path), "--width", "64", "--out", str(tmp_path / "t.yaml")]) == 0
+    captured = capsys.readouterr()
+    assert "regret at width 32 of width 16's optimum" in captured.out and "(inconclusive)" in captured.out
+    (tmp_path / "optima.json").write_text(json.dumps({"version": 1, "families": [family]}))
+    with pytest.raises(SweepError, match="not an optima file of version 2; rerun `widthwise analyze"):
+        transfer_config(tmp_path, 64)
+
+
 def test_family_selection_errors(sweep_dir):
     with pytest.raises(SweepError, match="3 sweep families match: .*pick one with --recipe \\(mup, robust\\), "
                                          "--optimizer \\(adamw, muon\\)"):
@@ -152,7 +176,7 @@ def test_config_from_results_when_the_run_dir_is_gone(sweep_dir, tmp_path, monke
     family = optima["families"][0]
     best = family["per_width"]["32"]["best"]
     del best["run_dir"]
-    (tmp_path / "optima.json").write_text(json.dumps({"version": 1, "families": [family]}))
+    (tmp_path / "optima.json").write_text(json.dumps({"version": VERSION, "families": [family]}))
     with pytest.raises(SweepError, match="no run directory \\(none named\\) and its results cannot be read"):
         transfer_config(tmp_path, 64)
     config = yaml.safe_load((sweep_dir / "runs" / "w32-robust-adamw" / "config.yaml").read_text())
@@ -182,7 +206,7 @@ def _one_family_sweep(root, *overrides: str, legacy: bool = False):
     _write_run(run_dir, "robust", "adamw", 32, *overrides)
     if legacy:
         _to_legacy(run_dir)
-    (root / "optima.json").write_text(json.dumps({"version": 1, "families": [family]}))
+    (root / "optima.json").write_text(json.dumps({"version": VERSION, "families": [family]}))
     return transfer_config(root, 64)
 
 

@@ -1,9 +1,10 @@
 """``widthwise transfer``: a train config for a new width from a sweep's optimum.
 
 The base LR and weight decay are the family's ``fit`` estimate at ``from_width`` (``optima.json``, written by
-``widthwise analyze``). They are *base* values: the config keeps the sweep's ``scaling.base_width``, so the
-recipe's plan scales them to the target width exactly as it did during the sweep. Everything else comes from
-the config of the family's best run at ``from_width``, moved to the new width with its head dim kept.
+``widthwise analyze``); a verdict other than ``transfers`` is a warning, not a refusal. They are *base* values: the
+config keeps the sweep's ``scaling.base_width``, so the recipe's plan scales them to the target width exactly as it
+did during the sweep. Everything else comes from the config of the family's best run at ``from_width``, moved to the
+new width with its head dim kept.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import yaml
 
 from ..errors import ConfigError, RunError, SweepError
 from ..tables import format_table
+from .analysis.analyze import OPTIMA_VERSION
 from .atomic import atomic_write_text
 from .config import Config, apply_overrides, config_keys, from_dict
 from .rundir import RunDir
@@ -38,12 +40,26 @@ class Transfer:
     from_width: int
     lr: float  # base values: the family's fit at from_width
     weight_decay: float
-    verdict: str
+    verdict: str  # transfers | drifts | inconclusive
     summary: str
     plan_table: str
     sweep_dir: Path
     run_id: str  # the best run at from_width, whose config this one derives from
     warnings: list[str] = field(default_factory=list)
+    regret: dict[str, Any] | None = None  # the family's regret at its widest width (optima.json)
+
+    def regret_lines(self) -> list[str]:
+        """The regret at the widest swept width of each narrower width's optimum, one line each."""
+        r = self.regret
+        if not r:
+            return []
+        out = []
+        for t in r["from"]:
+            spread = f" (seed std {t['seed_std']:.2g})" if t.get("seed_std") is not None else ""
+            value = f"{t['regret']:+.4f}{spread}" if t.get("regret") is not None else f"none: the run {t['status']}"
+            out.append(f"regret at width {r['width']} of width {t['width']}'s optimum (lr {t['lr']:.3g}, wd "
+                       f"{t['weight_decay']:.3g}): {value}")
+        return out
 
 
 def read_optima(sweep_dir: Path) -> dict[str, Any]:
@@ -55,8 +71,10 @@ def read_optima(sweep_dir: Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise SweepError(f"{path}: cannot read it ({err}); rerun `widthwise analyze {sweep_dir}`") from None
-    if not isinstance(data, dict) or data.get("version") != 1 or not isinstance(data.get("families"), list):
-        raise SweepError(f"{path}: not an optima file of version 1; rerun `widthwise analyze {sweep_dir}`")
+    families = data.get("families") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or data.get("version") != OPTIMA_VERSION or not isinstance(families, list):
+        raise SweepError(f"{path}: not an optima file of version {OPTIMA_VERSION}; rerun `widthwise analyze "
+                         f"{sweep_dir}`")
     return data
 
 
@@ -196,11 +214,10 @@ def transfer_config(sweep_dir: Path, width: int, *, recipe: str | None = None, o
     config = apply_overrides(config, {"optim.lr": float(fit["lr"]), "optim.weight_decay": float(fit["weight_decay"]),
                                       "scaling.base_width": source.scaling.base_width or fw})
     table = plan_table(config, resolved.get("model", {}).get("vocab_size"))
-    transfer = fam.get("transfer") or {}
-    verdict, summary = str(transfer.get("verdict", "insufficient")), str(transfer.get("summary", ""))
+    verdict, summary = str(fam.get("verdict", "inconclusive")), str(fam.get("summary", ""))
     warnings += _warnings(fam, fw, width, fit, verdict, summary)
     return Transfer(config, str(fam.get("label")), fw, float(fit["lr"]), float(fit["weight_decay"]), verdict,
-                    summary, table, sweep_dir, str(best.get("run_id")), warnings)
+                    summary, table, sweep_dir, str(best.get("run_id")), warnings, fam.get("regret"))
 
 
 def _warnings(fam: dict[str, Any], fw: int, width: int, fit: dict[str, Any], verdict: str, summary: str) -> list[str]:
@@ -209,14 +226,15 @@ def _warnings(fam: dict[str, Any], fw: int, width: int, fit: dict[str, Any], ver
     if fw != widest:
         out.append(f"from width {fw} is not the family's widest ({widest})")
     if verdict != "transfers":
-        out.append(f"the sweep's verdict is {verdict!r}: {summary}".rstrip(": "))
-    slope = (fam.get("transfer") or {}).get("lr_slope")
+        reasons = "; ".join(fam.get("reasons") or []) or summary
+        out.append(f"the sweep's verdict is {verdict!r}: {reasons}".rstrip(": "))
+    slope = ((fam.get("slopes") or {}).get("lr") or {}).get("slope")
     if verdict == "drifts" and slope is not None and width != fw:
         out.append(f"the base LR optimum moves as width^{slope:+.2f}: at width {width} it may be "
                    f"x{(width / fw) ** slope:.3g} the value used")
     if fit.get("at_edge"):
         out.append(f"the optimum at width {fw} lies at the edge of the grid: widen the LR/WD grid")
-    return out
+    return out + list(fam.get("warnings") or [])
 
 
 def transfer_header(t: Transfer) -> str:

@@ -40,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
         log.warning(warning)
     print(f"{t.family}: optimum at width {t.from_width}: base lr {t.lr:.4g}, base wd {t.weight_decay:.4g} "
           f"({t.verdict})")
+    for line in t.regret_lines():
+        print(f"  {line}")
     print(f"plan at width {args.width}:")
     print(t.plan_table)
     print(f"  config: {args.out}\n  train it: widthwise train {args.out} --out RUN_DIR")
