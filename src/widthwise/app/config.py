@@ -118,13 +118,14 @@ class ModelConfig(_Section):
 class ScalingConfig(_Section):
     """The width-scaling recipe and the base (proxy) width its LR/WD values refer to.
 
-    ``recipe``: ``sp`` | ``mup`` | ``robust`` or a path to a recipe YAML file; ``overrides``: recipe fields,
-    e.g. ``{wd_exponent: 1.0}``. ``base_width: null`` means the model is its own base (every multiplier 1).
+    ``recipe``: ``sp`` | ``mup`` | ``mup_constant_wd`` | ``robust`` or a path to a recipe YAML file;
+    ``overrides``: recipe fields, e.g. ``{wd_exponent: 1.0}``. ``base_width: null`` means the model is its own
+    base (every multiplier 1).
     """
 
     NAME: ClassVar[str] = "scaling"
-    recipe: str = _field("robust", "width-scaling recipe: sp, mup, robust or a recipe file (.yaml/.json)",
-                         family=True)
+    recipe: str = _field("robust", "width-scaling recipe: sp, mup, mup_constant_wd, robust or a recipe file "
+                         "(.yaml/.json)", family=True)
     base_width: int | None = _field(None, "proxy width the base LR/WD refer to (null: the model's own width)",
                                     check="positive")
     overrides: dict[str, Any] = field(default_factory=dict,
