@@ -271,6 +271,10 @@ def plan(
     return Plan(recipe_obj, params, fwd, optimizer, muon_adjust_lr_fn if optimizer == "muon" else None)
 
 
+class WidthConstantMultipliersWarning(UserWarning):
+    """Learnable multipliers train at a width-constant LR (``sp`` with a base narrower than the model)."""
+
+
 def _warn_width_constant_multipliers(recipe: Recipe, params: Mapping[str, ParamPlan]) -> None:
     """Warn when learnable multipliers train at a width-constant LR while the model is wider than its base.
 
@@ -286,7 +290,7 @@ def _warn_width_constant_multipliers(recipe: Recipe, params: Mapping[str, ParamP
         f"recipe {recipe.name!r} trains the learnable multipliers (and every matrix) at a width-constant LR: "
         "nothing makes their training consistent across widths (their own width rule is an open question, "
         "arXiv 2601.04890); for width transfer use a recipe that scales with width ('robust', 'mup')",
-        UserWarning, stacklevel=3,
+        WidthConstantMultipliersWarning, stacklevel=3,
     )
 
 

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
 
 from widthwise.app.config import load_config
-from widthwise.app.setup import _base_heads, at_width, build, load_recipe, model_configs
+from widthwise.app.setup import _base_heads, at_width, build, load_recipe, model_configs, plan_for
 from widthwise.diagnostics.multiplier_stats import multiplier_stats
 from widthwise.diagnostics.naming import layer_type
 from widthwise.errors import ConfigError
+from widthwise.planning import WidthConstantMultipliersWarning
 
 
 def test_base_keeps_head_dim_and_ffn_scales_exactly():
@@ -121,3 +123,13 @@ def test_tiny_gqa_at_base_16_builds_per_dimension(width):
         assert (e.width_mult, e.lr_factor, e.wd_factor) == (m, 1 / m, m**0.5), name  # robust, fan-in m
         assert e.init_std == pytest.approx(0.02 / m**0.5)
     assert built.plan["blocks.0.attn.k_proj.weight"].shape == (16 * (width // 32), width)
+
+
+def test_sp_multiplier_warning_comes_from_the_run_not_from_checks():
+    """A sweep plans every point on the meta device first: those checks stay quiet, the run itself warns once."""
+    config = load_config("tiny", ["scaling.recipe=sp", "model.width=64", "model.heads=4", "scaling.base_width=32"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plan_for(config, 512)
+    with pytest.warns(WidthConstantMultipliersWarning):
+        build(config, 512, torch.device("cpu"))

@@ -22,6 +22,7 @@ import math
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ from ..diagnostics.gains import gain_summary, sublayer_gains
 from ..diagnostics.naming import block_index, pool_by_layer_type
 from ..diagnostics.spectra import top_singular_values
 from ..errors import ConfigError
+from ..planning import WidthConstantMultipliersWarning
 from ..recipes import PRESETS
 from ..tables import format_table
 from . import defaults
@@ -215,7 +217,9 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 def _run(config: Config, vocab: int, device: torch.device, batches: list[Batch], probe: torch.Tensor,
          spectral: bool, tick: Callable[[], None]) -> list[tuple[int, str, float]]:
     """Train one model ``len(batches)`` steps: ``(step, measure, value)`` at init and after every step."""
-    built = build(config, vocab, device)
+    with warnings.catch_warnings():  # the check runs sp across widths on purpose: it is the control
+        warnings.simplefilter("ignore", WidthConstantMultipliersWarning)
+        built = build(config, vocab, device)
     rows = [(0, k, v) for k, v in measure(built.model, probe, spectral).items()]
     for step, (x, y) in enumerate(batches, start=1):
         loss = _train_step(built, config, x.to(device), y.to(device))

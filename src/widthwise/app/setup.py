@@ -25,7 +25,7 @@ from ..initialization import init_weights
 from ..models.llama import Llama, LlamaConfig
 from ..multipliers import add_multipliers
 from ..optim.build import build_optimizer
-from ..planning import Plan, plan
+from ..planning import Plan, WidthConstantMultipliersWarning, plan
 from ..recipes import Recipe, get_recipe
 from ..schedules import lr_schedule
 from .config import Config, apply_overrides
@@ -217,9 +217,12 @@ def _planned_models(config: Config, vocab_size: int, meta: bool = False):
     names = _add_multipliers(model, config, init)
     _add_multipliers(base, config, init)
     try:
-        the_plan = plan(model, base=base, recipe=recipe, optimizer=config.optim.name,
-                        muon_adjust_lr_fn=config.optim.adjust_lr_fn, multiplier_lr=config.multipliers.lr,
-                        multiplier_weight_decay=config.multipliers.weight_decay, forward_multipliers=False)
+        with warnings.catch_warnings():
+            if meta:  # a check or a table (every point of a sweep is planned first): the run itself warns
+                warnings.simplefilter("ignore", WidthConstantMultipliersWarning)
+            the_plan = plan(model, base=base, recipe=recipe, optimizer=config.optim.name,
+                            muon_adjust_lr_fn=config.optim.adjust_lr_fn, multiplier_lr=config.multipliers.lr,
+                            multiplier_weight_decay=config.multipliers.weight_decay, forward_multipliers=False)
     except ValueError as err:
         raise ConfigError(f"scaling.base_width: {err}") from None
     return model, model_cfg, declared_cfg, base_cfg, recipe, names, the_plan
