@@ -1,7 +1,19 @@
-"""Defaults of the application's commands, as plain values: the command line's ``--help`` shows them without
-importing torch (:mod:`widthwise.app.coord_check` and :mod:`widthwise.app.calibrate` use them)."""
+"""Defaults of the application's commands, as plain values, and where its caches live: the command line's
+``--help`` shows them without importing torch (:mod:`widthwise.app.coord_check` and :mod:`widthwise.app.calibrate`
+use them)."""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def default_cache_dir() -> Path:
+    """``$WIDTHWISE_CACHE`` or ``~/.cache/widthwise``: tokenizers, token memmaps (keyed by corpus hash) and this
+    machine's measured numerics."""
+    env = os.environ.get("WIDTHWISE_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "widthwise"
+
 
 #: ``widthwise coord-check``: the built-in config of the check and its learning rate (the base width's value).
 #: Measured at widths 64..512, 5 steps, seeds 0-2: ``sp`` grows with slope 1.3-2.7 in the block outputs and 0.5-0.7

@@ -32,6 +32,7 @@ import torch
 
 from ..hardware import BF16_MIN_SPEEDUP, BF16_PROBE_SIZE, matmul_seconds
 from .atomic import atomic_write_text
+from .defaults import default_cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -105,8 +106,7 @@ def machine_key() -> str:
 
 
 def numerics_cache_path() -> Path:
-    """``numerics.json`` in :func:`widthwise.app.setup.default_cache_dir`."""
-    from .setup import default_cache_dir  # setup imports this module
+    """``numerics.json`` in :func:`widthwise.app.defaults.default_cache_dir`."""
 
     return default_cache_dir() / NUMERICS_FILE
 

@@ -6,7 +6,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import re
 import warnings
 from collections.abc import Mapping
@@ -30,13 +29,8 @@ from ..recipes import Recipe, get_recipe
 from ..schedules import lr_schedule
 from .config import Config, apply_overrides
 from .data import TokenData, prepare_data
+from .defaults import default_cache_dir
 from .runtime import resolve_device, resolve_ns_dtype
-
-
-def default_cache_dir() -> Path:
-    """``$WIDTHWISE_CACHE`` or ``~/.cache/widthwise``: tokenizers and token memmaps, keyed by corpus hash."""
-    env = os.environ.get("WIDTHWISE_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "widthwise"
 
 
 def load_data(config: Config) -> TokenData:

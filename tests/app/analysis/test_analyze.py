@@ -9,19 +9,11 @@ import math
 import numpy as np
 import pytest
 
-from widthwise.app.analysis.analyze import (
-    analyze,
-    best_grid_point,
-    bootstrap_intervals,
-    edge_reasons,
-    fit_optimum,
-    fit_parabola,
-    fit_paraboloid,
-    ridge,
-    transfer_verdict,
-)
+from widthwise.app.analysis.analyze import analyze
 from widthwise.app.analysis.families import aggregate_cells, grid_ratio, group_families
+from widthwise.app.analysis.optimum import best_grid_point, fit_optimum, fit_parabola, fit_paraboloid, ridge
 from widthwise.app.analysis.plots import write_analysis_plots
+from widthwise.app.analysis.verdict import bootstrap_intervals, edge_reasons, transfer_verdict
 
 LRS = [2.5e-4 * 2**k for k in range(8)]  # 2.5e-4 .. 3.2e-2, ratio 2
 WDS = [0.025 * 2**k for k in range(5)]  # 0.025 .. 0.4, ratio 2
