@@ -326,8 +326,10 @@ def test_flops_and_parameter_counts_by_hand():
     assert m.num_parameters() == n + norms + 2 * 7  # the embedding's multiplier goes with the embedding
 
 
-def test_planner_refuses_a_swiglu_size_that_does_not_scale_with_width():
-    with pytest.raises(ValueError, match="inconsistent ratios 1.83333, 2"):  # 192 at width 64, 352 at 128
-        ww.plan(model(128), base=model(64, meta=True))
+def test_a_swiglu_size_that_does_not_scale_with_width_is_planned_by_each_matrix_fan_in():
+    """192 at width 64, 352 at 128 (rounded to multiples of 32): muP takes each matrix's fan-in ratio."""
+    uneven = ww.plan(model(128), base=model(64, meta=True))
+    assert uneven["blocks.0.mlp.up_proj.weight"].width_mult == 2  # fan-in: the width
+    assert uneven["blocks.0.mlp.down_proj.weight"].width_mult == pytest.approx(352 / 192)  # fan-in: the SwiGLU size
     p = ww.plan(model(192, heads=6), base=model(96, heads=6, meta=True))  # 8/3: 256 -> 512
     assert p["blocks.0.mlp.down_proj.weight"].width_mult == 2
