@@ -85,6 +85,7 @@ def test_transfer_writes_a_trainable_config_at_the_target_width(sweep_dir, tmp_p
     assert not (tmp_path / "b.yaml").exists() and not (tmp_path / "c.yaml").exists()
 
 
+@pytest.mark.slow
 def test_calibrate_fits_the_exponent_and_writes_a_recipe_the_trainer_accepts(tmp_path, capsys):
     out = tmp_path / "cal"
     argv = ["calibrate", "--widths", "32,64,128", "--steps", "24", "--out", str(out), "--quiet", "--workers", "2",

@@ -17,6 +17,7 @@ from widthwise.app.sweep.store import read_results
 pytestmark = pytest.mark.usefixtures("data_cache", "one_thread")
 
 
+@pytest.mark.slow
 def test_tiny_gqa_sweep_at_widths_32_and_64(tmp_path):
     sets = {"train.plots": False, "train.tensorboard": False, "train.sample_tokens": 0, "train.steps": 6,
             "schedule.warmup": 2, "train.checkpoint_every": 6, "train.eval_every": 6, "train.eval_tokens": 512,
