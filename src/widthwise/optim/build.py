@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 from torch.optim import AdamW, Optimizer
 
@@ -18,7 +19,12 @@ from ..rules import OPTIMIZERS
 from .combined import CombinedOptimizer
 from .muon import NS_DTYPES, BatchedMuon
 
-__all__ = ["OPTIMIZERS", "build_optimizer", "muon_ns_dtype"]
+try:  # torch builds without distributed support have no DTensor, hence no sharded parameters
+    from torch.distributed.tensor import DTensor
+except ImportError:  # pragma: no cover - not on the supported builds
+    DTensor = None
+
+__all__ = ["OPTIMIZERS", "build_optimizer", "is_sharded", "muon_ns_dtype"]
 
 #: Settings that change factors: they belong to :func:`widthwise.plan`, named as ``plan`` takes them.
 PLAN_SETTINGS = {"multiplier_lr": "multiplier_lr", "multiplier_weight_decay": "multiplier_weight_decay",
@@ -93,6 +99,12 @@ def build_optimizer(
         entry = plan.params[name]
         if tuple(site.param.shape) != entry.shape:
             raise ValueError(f"parameter {name!r} has shape {tuple(site.param.shape)}, the plan says {entry.shape}")
+        if entry.optimizer == "muon" and is_sharded(site.param):
+            raise ValueError(
+                f"Muon cannot train {name!r}: it is sharded (a DTensor with placements {site.param.placements}, "
+                "e.g. by FSDP2's fully_shard), and Newton-Schulz on a shard is not Newton-Schulz on the matrix; "
+                "plan with optimizer='adamw', or keep the hidden matrices unsharded (DDP)"
+            )
         group = groups[entry.optimizer].setdefault(_group_key(entry), _group(entry, lr, weight_decay, muon_lr))
         group["params"].append(site.param)
         group["names"].append(name)
@@ -108,6 +120,13 @@ def build_optimizer(
         muon = BatchedMuon(muon_groups, lr=lr if muon_lr is None else muon_lr, momentum=momentum, nesterov=nesterov,
                            ns_steps=ns_steps, adjust_lr_fn=plan.muon_adjust_lr_fn, ns_dtype=ns_dtype)
     return CombinedOptimizer({k: v for k, v in (("muon", muon), ("adamw", adamw)) if v is not None})
+
+
+def is_sharded(param: torch.Tensor) -> bool:
+    """Whether ``param`` is a DTensor split over ranks (any placement but ``Replicate``), as FSDP2 leaves it."""
+    if DTensor is None or not isinstance(param, DTensor):
+        return False
+    return any(not placement.is_replicate() for placement in param.placements)
 
 
 def _group_key(entry: ParamPlan) -> tuple:
