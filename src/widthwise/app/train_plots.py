@@ -72,8 +72,9 @@ def _multiplier_plot(mult: list[tuple[int, dict]], path: Path) -> Path:
     rows = math.ceil(len(layers) / cols)
     fig, axes = subplots(rows, cols, figsize=(3.2 * cols, 2.5 * rows), sharex=True, squeeze=False)
     for ax, (layer, keys) in zip(axes.flat, layers.items(), strict=False):
-        for i, key in enumerate(keys):
-            pts = [(s, st[key]) for s, st in mult if key in st]
+        for i, key in enumerate(keys):  # a diverged run's last statistics are "nan"/"inf": left out, like its loss
+            pts = [(s, st[key]) for s, st in mult if key in st and _finite(st[key].get("mean"))
+                   and _finite(st[key].get("std"))]
             steps = [s for s, _ in pts]
             mean = [st["mean"] for _, st in pts]
             std = [st["std"] for _, st in pts]
