@@ -25,8 +25,9 @@ def test_layer_type_pools_the_same_slot_of_every_block():
 
 def test_pool_by_layer_type_averages_finite_values_over_blocks():
     pooled = pool_by_layer_type({"blocks.0.attn.q_proj.weight": 1.0, "blocks.1.attn.q_proj.weight": 3.0,
-                                 "blocks.2.attn.q_proj.weight": math.nan, "head.weight": 5.0, "embed.weight": None})
-    assert pooled == {"attn.q_proj": 2.0, "head": 5.0}
+                                 "blocks.2.attn.q_proj.weight": math.nan, "head.weight": 5.0, "embed.weight": None,
+                                 "blocks.3.attn.q_proj.weight": "inf", "blocks.0.mlp.up_proj.weight": "nan"})
+    assert pooled == {"attn.q_proj": 2.0, "head": 5.0}  # a diverged run's "inf"/"nan" strings are left out too
     assert sort_layer_types(["head", "zeta", "attn.q_proj", "embed", "mlp.up_proj"]) == [
         "embed", "attn.q_proj", "mlp.up_proj", "head", "zeta"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import statistics
 from collections.abc import Mapping
@@ -33,10 +34,11 @@ def block_index(name: str) -> int | None:
 
 
 def pool_by_layer_type(values: Mapping[str, float]) -> dict[str, float]:
-    """The mean of ``values`` over all blocks, per layer type (``None`` and non-finite values skipped)."""
+    """The mean of ``values`` over all blocks, per layer type; ``None``, non-finite values and anything not a number
+    (a diverged run's logs hold ``"nan"``/``"inf"`` strings: JSON has no NaN) are skipped."""
     groups: dict[str, list[float]] = {}
     for name, value in values.items():
-        if value is not None and value == value and abs(value) != float("inf"):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             groups.setdefault(layer_type(name), []).append(float(value))
     return {key: statistics.fmean(vals) for key, vals in sorted(groups.items())}
 
