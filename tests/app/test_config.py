@@ -82,6 +82,8 @@ def test_yaml_roundtrip(tmp_path):
         (["schedule.warmup=1000"], "schedule.warmup: 1000 exceeds train.steps=30"),
         (["train.steps=ten"], "train.steps: expected an integer"),
         (["train.device=tpu"], "train.device: unknown device 'tpu'"),
+        (["train.device=cuda:abc"], "train.device: unknown device 'cuda:abc'"),
+        (["train.device=cpu:0"], "train.device: unknown device 'cpu:0'"),
         (["train.dtype=fp8"], "train.dtype: unknown value 'fp8'"),
         (["train.compile=maybe"], "train.compile"),
         (["train.batch_size=true"], "train.batch_size: expected an integer"),
@@ -118,6 +120,13 @@ def test_bad_files(tmp_path, text, message):
     bad = tmp_path / "bad.yaml"
     bad.write_text(text)
     with pytest.raises(ConfigError, match=message):
+        load_config(bad)
+
+
+def test_a_config_that_is_not_utf8_is_one_line_naming_the_byte(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(b"model: {width: 64}\n\xff\xfe\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: not UTF-8 text \(invalid byte at offset 19\)"):
         load_config(bad)
 
 

@@ -122,3 +122,15 @@ def test_help_lists_every_command_and_the_builtin_configs(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     assert "built-in configs: demo, tiny" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("argv", [["calibrate", "--out", "OUT", "--widths", "0,32,64"],
+                                  ["coord-check", "--out", "OUT", "--widths", "64,-128"],
+                                  ["bench", "--out", "OUT.json", "--widths", ","]])
+def test_width_lists_must_be_positive_integers(argv, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and "--widths: expected comma-separated positive integers" in err[-1]
+    assert list(tmp_path.iterdir()) == []

@@ -241,7 +241,8 @@ class TrainConfig(_Section):
 
     def validate(self) -> None:
         super().validate()
-        if self.device.split(":")[0] not in DEVICES:
+        kind, colon, index = self.device.partition(":")
+        if kind not in DEVICES or (colon and (kind != "cuda" or not index.isdigit())):
             raise ConfigError(f"train.device: unknown device {self.device!r}; expected auto, cpu, cuda or cuda:N")
         if self.compile not in ("auto", True, False):
             raise ConfigError(f"train.compile: expected auto, true or false, got {self.compile!r}")
@@ -368,7 +369,12 @@ def _read_source(source: str) -> dict[str, Any]:
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
             raise ConfigError(f"config file {source} does not exist")
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"config {source}: not UTF-8 text (invalid byte at offset {err.start})") from None
+        except OSError as err:
+            raise ConfigError(f"config {source}: cannot read it ({err.strerror or err})") from None
     elif source in builtin_names():
         text = resources.files("widthwise.app.configs").joinpath(f"{source}.yaml").read_text(encoding="utf-8")
     else:

@@ -30,11 +30,14 @@ def positive_int(text: str) -> int:
 
 
 def int_list(text: str) -> list[int]:
-    """``"32,64"`` -> ``[32, 64]``."""
+    """``"32,64"`` -> ``[32, 64]``: positive integers (every list the commands take is of widths)."""
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
+        values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        values = []
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return values
 
 
 def name_list(text: str) -> list[str]:
