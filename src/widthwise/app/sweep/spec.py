@@ -207,8 +207,14 @@ def _show(params: Mapping[str, Any]) -> str:
 
 
 def run_id(config: Config) -> str:
-    """12 hex digits of the SHA-256 of the config without :data:`RUNTIME_KEYS`: the same point, the same id."""
+    """12 hex digits of the SHA-256 of the config's non-default fields without :data:`RUNTIME_KEYS`: the same
+    point, the same id. Fields at their default are left out, so a widthwise that adds a config field (at a
+    default that changes nothing) still finds the runs of a sweep started before it."""
     data = config.to_dict()
+    defaults = Config().to_dict()
+    for section, values in data.items():
+        for name in [n for n, v in values.items() if n in defaults[section] and defaults[section][n] == v]:
+            del values[name]
     for key in RUNTIME_KEYS:
         section, name = key.split(".")
         data[section].pop(name, None)
