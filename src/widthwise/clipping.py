@@ -14,6 +14,7 @@ def clip_grad_norm_(
     norm_type: float = 2.0,
     *,
     multiplier_max_norm: float | None = None,
+    include_multipliers: bool = False,
     error_if_nonfinite: bool = False,
     foreach: bool | None = None,
 ) -> torch.Tensor:
@@ -23,8 +24,15 @@ def clip_grad_norm_(
     their gradients sum over whole rows, columns or matrices, are large, and including them clipped every
     step early in training and erased the multipliers' gain in the paper. The multipliers' own gradients are
     left untouched, unless ``multiplier_max_norm`` is given, in which case they are clipped as a separate
-    group to that norm.
+    group to that norm. ``include_multipliers=True`` is plain ``torch.nn.utils.clip_grad_norm_`` over every
+    parameter, the setting the paper warns against (for ablations; ``multiplier_max_norm`` must then be ``None``).
     """
+    if include_multipliers:
+        if multiplier_max_norm is not None:
+            raise ValueError("include_multipliers=True clips the multipliers with everything else: "
+                             "multiplier_max_norm must be None")
+        params = [p for p in model.parameters() if p.grad is not None]
+        return torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type, error_if_nonfinite, foreach)
     multipliers = multiplier_parameters(model)
     excluded = {id(p) for p in multipliers}
     params = [p for p in model.parameters() if id(p) not in excluded and p.grad is not None]

@@ -14,7 +14,7 @@ import math
 import re
 import warnings
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import yaml
@@ -223,6 +223,7 @@ def plan(
     multiplier_weight_decay: float = DEFAULT_MULTIPLIER_WD,
     roles: Mapping[str, str] | None = None,
     forward_multipliers: bool = True,
+    scales: Mapping[str, Mapping[str, float]] | None = None,
     **recipe_overrides: Any,
 ) -> Plan:
     """Classify ``model``'s parameters, derive width multipliers against ``base`` and apply ``recipe``.
@@ -231,7 +232,9 @@ def plan(
     width multiplier is 1. ``optimizer="muon"`` puts the hidden matrices on Muon with the spectral rule for
     ``muon_adjust_lr_fn`` (:meth:`Recipe.exponents`); everything else is AdamW's. Multipliers take the absolute
     ``multiplier_lr`` (default: the base LR) and ``multiplier_weight_decay``. ``roles`` overrides
-    classification (regex -> role, first match wins). ``forward_multipliers=False`` leaves out the recipe's
+    classification (regex -> role, first match wins). ``scales`` multiplies the LR and WD of the parameters whose
+    name a regex matches (``{"mlp.down_proj": {"lr": 2.0, "weight_decay": 0.5}}``, first match wins, on top of the
+    recipe: :func:`apply_scales`). ``forward_multipliers=False`` leaves out the recipe's
     fixed forward multipliers (head ``1/m``, attention ``1/d_head``) for models that implement them themselves.
     Extra keyword arguments override recipe fields, e.g. ``wd_exponent=1.0``. Add learnable multipliers before
     planning.
@@ -263,12 +266,56 @@ def plan(
                 lr_x, fixed_lr = None, float(multiplier_lr)
         params[name] = ParamPlan(name, role, site.shape, m, lr_x, wd_x, s.init, s.init_std, tuple(site.aliases),
                                  param_optimizer, fixed_lr, fixed_wd)
+    if scales:
+        params = apply_scales(params, scales)
     _warn_width_constant_multipliers(recipe_obj, params)
     fwd = []
     if forward_multipliers:
         fwd = _head_multipliers(model, sites, role_map, shapes, recipe_obj)
         fwd += _attention_multipliers(model, base, recipe_obj)
     return Plan(recipe_obj, params, fwd, optimizer, muon_adjust_lr_fn if optimizer == "muon" else None)
+
+
+SCALE_KEYS = ("lr", "weight_decay")
+
+
+def apply_scales(params: Mapping[str, ParamPlan], scales: Mapping[str, Mapping[str, float]]) -> dict[str, ParamPlan]:
+    """``params`` with the LR and WD of each parameter whose name matches a regex of ``scales`` (``re.search``,
+    first match wins) multiplied by that entry's ``lr`` and ``weight_decay`` (each default 1).
+
+    Per-layer LR multipliers as Falcon-H1 tunes them, and the tool of arXiv 2601.04890's scale sweep (one group's
+    LR times S and WD over S moves its equilibrium norm by S). They multiply the final factor (or the absolute
+    value of a multiplier's own LR/WD), so the plan's table shows what runs. A regex that matches nothing, an
+    unknown key or a non-positive LR scale (negative WD scale) is a :class:`ValueError`.
+    """
+    compiled = []
+    for pattern, entry in scales.items():
+        try:
+            regex = re.compile(pattern)
+        except re.error as err:
+            raise ValueError(f"scales: {pattern!r} is not a regex ({err})") from None
+        if not isinstance(entry, Mapping) or set(entry) - set(SCALE_KEYS):
+            raise ValueError(f"scales: {pattern!r} takes a mapping with keys among {', '.join(SCALE_KEYS)}, "
+                             f"got {entry!r}")
+        lr_s, wd_s = (entry.get(k, 1.0) for k in SCALE_KEYS)
+        for key, v, ok in (("lr", lr_s, lambda x: x > 0), ("weight_decay", wd_s, lambda x: x >= 0)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not ok(v):
+                raise ValueError(f"scales: {pattern!r}: {key} must be a {'positive' if key == 'lr' else 'non-negative'}"
+                                 f" finite number, got {v!r}")
+        if not any(regex.search(name) for name in params):
+            raise ValueError(f"scales: {pattern!r} matches no parameter (names look like {next(iter(params), '')!r})")
+        compiled.append((regex, float(lr_s), float(wd_s)))
+    out = {}
+    for name, p in params.items():
+        hit = next(((lr_s, wd_s) for regex, lr_s, wd_s in compiled if regex.search(name)), None)
+        if hit is not None:
+            lr_s, wd_s = hit
+            p = replace(p, lr_factor=None if p.lr_factor is None else p.lr_factor * lr_s,
+                        fixed_lr=None if p.fixed_lr is None else p.fixed_lr * lr_s,
+                        wd_factor=None if p.wd_factor is None else p.wd_factor * wd_s,
+                        fixed_wd=None if p.fixed_wd is None else p.fixed_wd * wd_s)
+        out[name] = p
+    return out
 
 
 class WidthConstantMultipliersWarning(UserWarning):

@@ -133,3 +133,16 @@ def test_sp_multiplier_warning_comes_from_the_run_not_from_checks():
         plan_for(config, 512)
     with pytest.warns(WidthConstantMultipliersWarning):
         build(config, 512, torch.device("cpu"))
+
+
+def test_param_scales_and_clip_multipliers_reach_the_plan_and_are_checked():
+    config = load_config("tiny", [r"scaling.param_scales={'mlp\.down_proj\.weight$': {lr: 2, weight_decay: 0.5}}"])
+    plain = plan_for(load_config("tiny"), 512)
+    scaled = plan_for(config, 512)
+    name = "blocks.0.mlp.down_proj.weight"
+    assert scaled[name].lr(1.0) == pytest.approx(2 * plain[name].lr(1.0))
+    assert scaled[name].weight_decay(1.0) == pytest.approx(plain[name].weight_decay(1.0) / 2)
+    with pytest.raises(ConfigError, match=r"^scaling.param_scales: 'nope' matches no parameter"):
+        plan_for(load_config("tiny", ["scaling.param_scales={'nope': {lr: 2}}"]), 512)
+    with pytest.raises(ConfigError, match=r"^optim.clip_multipliers: .* multipliers.max_norm"):
+        load_config("tiny", ["optim.clip_multipliers=true", "multipliers.max_norm=1.0"])

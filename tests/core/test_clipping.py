@@ -1,5 +1,6 @@
 """Clipping leaves the multipliers out of the norm (arXiv 2601.04890, section 4.3)."""
 
+import pytest
 import torch
 
 import widthwise as ww
@@ -46,3 +47,19 @@ def test_without_multipliers_equals_torch():
     torch.testing.assert_close(ww.clip_grad_norm_(a, 0.5), torch.nn.utils.clip_grad_norm_(b.parameters(), 0.5))
     for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(pa.grad, pb.grad)
+
+
+def test_include_multipliers_is_plain_torch_clipping_over_every_parameter():
+    a, b = llama(64), llama(64)
+    b.load_state_dict(a.state_dict())
+    ww.add_multipliers(a)
+    ww.add_multipliers(b)
+    _grads(a)
+    _grads(b)
+    total = ww.clip_grad_norm_(a, 1e-3, include_multipliers=True)
+    torch.testing.assert_close(total, torch.nn.utils.clip_grad_norm_(list(b.parameters()), 1e-3))
+    assert total > ww.clip_grad_norm_(b, 1e9)  # the multipliers' gradients are in it
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pa.grad, pb.grad)
+    with pytest.raises(ValueError, match="multiplier_max_norm must be None"):
+        ww.clip_grad_norm_(a, 1.0, include_multipliers=True, multiplier_max_norm=1.0)

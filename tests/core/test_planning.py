@@ -184,3 +184,40 @@ def test_replanning_a_prepared_model_gives_the_same_plan():
     first = ww.plan(model, base=base)
     ww.init_weights(model, first)  # installs the head's fixed 1/m: a parametrization on lm_head.weight
     assert ww.plan(model, base=base) == first
+
+
+def test_scales_multiply_the_matched_parameters_lr_and_wd_on_top_of_the_recipe():
+    model, base = llama(128), llama(64)
+    plain = ww.plan(model, base, "robust")
+    scaled = ww.plan(model, base, "robust", scales={r"mlp\.down_proj\.weight$": {"lr": 4.0, "weight_decay": 0.25},
+                                                    r"self_attn\.o_proj": {"lr": 0.5}})
+    for name, p in scaled.params.items():
+        q = plain[name]
+        if name.endswith("mlp.down_proj.weight"):
+            assert (p.lr(1e-2), p.weight_decay(0.1)) == pytest.approx((4 * q.lr(1e-2), q.weight_decay(0.1) / 4))
+        elif "self_attn.o_proj" in name:
+            assert (p.lr(1e-2), p.weight_decay(0.1)) == pytest.approx((q.lr(1e-2) / 2, q.weight_decay(0.1)))
+        else:
+            assert p == q, name
+
+
+def test_scales_apply_to_multipliers_absolute_values_first_match_wins():
+    model = llama(64)
+    ww.add_multipliers(model)
+    p = ww.plan(model, recipe="sp", multiplier_lr=0.01, multiplier_weight_decay=0.002,
+                scales={r"q_proj\.weight\.row$": {"lr": 3.0, "weight_decay": 0.0}, r"q_proj": {"lr": 100.0}})
+    row = p["model.layers.0.self_attn.q_proj.weight.row"]
+    assert (row.lr(1.0), row.weight_decay(1.0)) == pytest.approx((0.03, 0.0))
+    assert p["model.layers.0.self_attn.q_proj.weight"].lr(1e-3) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("scales, match", [
+    ({"nothing_here": {"lr": 2.0}}, "matches no parameter"),
+    ({"q_proj": {"lr": 0.0}}, "lr must be a positive"),
+    ({"q_proj": {"weight_decay": -1.0}}, "weight_decay must be a non-negative"),
+    ({"q_proj": {"momentum": 2.0}}, "keys among lr, weight_decay"),
+    ({"q_proj(": {"lr": 2.0}}, "is not a regex"),
+])
+def test_bad_scales_are_refused_naming_the_entry(scales, match):
+    with pytest.raises(ValueError, match=match):
+        ww.plan(llama(64), recipe="sp", scales=scales)

@@ -119,7 +119,8 @@ class ScalingConfig(_Section):
     """The width-scaling recipe and the base (proxy) width its LR/WD values refer to.
 
     ``recipe``: ``sp`` | ``mup`` | ``mup_constant_wd`` | ``robust`` or a path to a recipe YAML file;
-    ``overrides``: recipe fields, e.g. ``{wd_exponent: 1.0}``. ``base_width: null`` means the model is its own
+    ``overrides``: recipe fields, e.g. ``{wd_exponent: 1.0}``; ``param_scales``: per-parameter LR/WD multipliers
+    (:func:`widthwise.planning.apply_scales`). ``base_width: null`` means the model is its own
     base (every multiplier 1).
     """
 
@@ -130,6 +131,9 @@ class ScalingConfig(_Section):
                                     check="positive")
     overrides: dict[str, Any] = field(default_factory=dict,
                                       metadata=_meta("recipe fields to override, e.g. {wd_exponent: 1.0}"))
+    param_scales: dict[str, Any] = field(default_factory=dict, metadata=_meta(
+        "LR and WD multipliers on top of the recipe, by parameter-name regex, e.g. "
+        "{'mlp.down_proj': {lr: 2, weight_decay: 0.5}}"))
 
     def validate(self) -> None:
         super().validate()
@@ -181,6 +185,8 @@ class OptimConfig(_Section):
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95], metadata=_meta("Adam betas, two numbers in [0, 1)"))
     eps: float = _field(1e-8, "Adam epsilon", check="positive")
     grad_clip: float | None = _field(1.0, "gradient norm clip, multipliers excluded (null: off)", check="positive")
+    clip_multipliers: bool = _field(False, "count the learnable multipliers in the clipped gradient norm (the "
+                                    "paper found it erases their gain; for ablations)")
     muon_lr: float | None = _field(None, "Muon's base learning rate (null: optim.lr)", check="positive")
     adjust_lr_fn: str = _field("match_rms_adamw", "how Muon scales its LR by matrix shape",
                                choices=MUON_ADJUST_LR_FNS)
@@ -318,6 +324,9 @@ class Config:
             raise ConfigError(f"scaling.base_width: {base} is larger than model.width={width}; the base is the proxy")
         if self.schedule.warmup > self.train.steps:
             raise ConfigError(f"schedule.warmup: {self.schedule.warmup} exceeds train.steps={self.train.steps}")
+        if self.optim.clip_multipliers and self.multipliers.max_norm is not None:
+            raise ConfigError("optim.clip_multipliers: true clips the multipliers with everything else; "
+                              "multipliers.max_norm (their own clip) must then be null")
 
 
 _SECTION_TYPES: dict[str, type[_Section]] = {

@@ -216,8 +216,12 @@ def _planned_models(config: Config, vocab_size: int, meta: bool = False):
                 warnings.simplefilter("ignore", WidthConstantMultipliersWarning)
             the_plan = plan(model, base=base, recipe=recipe, optimizer=config.optim.name,
                             muon_adjust_lr_fn=config.optim.adjust_lr_fn, multiplier_lr=config.multipliers.lr,
-                            multiplier_weight_decay=config.multipliers.weight_decay, forward_multipliers=False)
+                            multiplier_weight_decay=config.multipliers.weight_decay, forward_multipliers=False,
+                            scales=config.scaling.param_scales)
     except ValueError as err:
+        text = str(err)
+        if text.startswith("scales: "):
+            raise ConfigError(f"scaling.param_scales: {text.removeprefix('scales: ')}") from None
         raise ConfigError(f"scaling.base_width: {err}") from None
     return model, model_cfg, declared_cfg, base_cfg, recipe, names, the_plan
 
@@ -261,7 +265,8 @@ def apply_update(built: Built, config: Config) -> torch.Tensor | float:
     """After ``backward()``: clip (multipliers apart), optimizer and schedule step, zero the grads; the grad norm."""
     clip = config.optim.grad_clip
     norm = clip_grad_norm_(built.model, clip if clip is not None else math.inf,
-                           multiplier_max_norm=config.multipliers.max_norm)
+                           multiplier_max_norm=config.multipliers.max_norm,
+                           include_multipliers=config.optim.clip_multipliers)
     built.optimizer.step()
     built.scheduler.step()
     built.optimizer.zero_grad(set_to_none=True)
