@@ -1,0 +1,3 @@
+"""Claims 1 and 2."""
+
+SWEEPS = ("sweep",)

@@ -1,0 +1,3 @@
+"""Claims 3 and 8."""
+
+SWEEPS = ("widths", "premise")
