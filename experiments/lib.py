@@ -164,3 +164,32 @@ def update_claims(records: Sequence[Mapping[str, Any]], path: Path = CLAIMS) -> 
 CLAIM_ORDER = ("equilibrium_sqrt_law", "same_ratio_same_gain", "sigma_max_width_exponent", "transfer_robust_vs_mup",
                "lrm_gain_adamw", "lrm_gain_muon", "multiplier_wd_needed", "clip_exclusion_needed",
                "projector_scale_flat", "multiplier_width_exponent", "muon_width_rule")
+
+
+def holds(interval: Sequence[float], expected: float, tolerance: float, max_width: float | None = None) -> bool | None:
+    """Whether a measurement agrees with ``expected``: ``True`` when its interval reaches within ``tolerance`` of
+    it, ``False`` when the whole interval lies farther, ``None`` (inconclusive) when the interval is wider than
+    ``max_width`` (default ``4 * tolerance``) or not finite. The tolerance is each claim's, stated beside it."""
+    low, high = interval
+    if not (math.isfinite(low) and math.isfinite(high)) or high - low > (max_width or 4 * tolerance):
+        return None
+    return low - tolerance <= expected <= high + tolerance
+
+
+def final_weights(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The run's last checkpointed model tensors (safetensors), by parameter name."""
+    from safetensors.torch import load_file
+
+    from widthwise.app.checkpoint import latest_checkpoint
+
+    path = latest_checkpoint(Path(row["run_dir"]) / "checkpoints")
+    if path is None:
+        raise FileNotFoundError(f"{row['run_dir']}: no checkpoint")
+    return load_file(str(path / "model.safetensors"))
+
+
+def tail_mean(records: Sequence[Mapping[str, Any]], get, fraction: float = 0.25) -> float | None:
+    """The mean of ``get(record)`` over the last ``fraction`` of ``records`` (at least one; non-finite skipped)."""
+    tail = records[-max(1, round(len(records) * fraction)):]
+    values = [v for v in (get(r) for r in tail) if isinstance(v, (int, float)) and math.isfinite(v)]
+    return statistics.fmean(values) if values else None

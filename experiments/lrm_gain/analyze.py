@@ -1,0 +1,3 @@
+"""Claims 5 and 6."""
+
+SWEEPS = ("gain", "ablations")

@@ -1,0 +1,3 @@
+"""Claim 9."""
+
+SWEEPS = ("sweep",)

@@ -1,0 +1,3 @@
+"""Claim 7."""
+
+SWEEPS = ("sweep",)
