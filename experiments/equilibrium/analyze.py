@@ -113,7 +113,7 @@ def abm_comparison(rows: Sequence[Mapping[str, Any]], count: int = 3) -> list[di
         ratio = ScheduleRatio(c["schedule"]["warmup"], c["train"]["steps"], c["schedule"]["kind"],
                               c["schedule"]["min_ratio"], c["schedule"]["decay_fraction"])
         every = c["diagnostics"]["every"]
-        plan = lib.RunDir(Path(row["run_dir"])).plan()["params"]
+        plan = {p["name"]: p for p in lib.RunDir(Path(row["run_dir"])).plan()["params"]}
         for kind in MLP:
             name = f"blocks.0.{kind}.weight"
             m = records[-1]["matrices"][name]
@@ -140,7 +140,8 @@ def plot_equilibrium(means: Sequence[Mapping[str, Any]], points: Sequence[Mappin
     xm = [m["lr"] / m["weight_decay"] for m in means]
     ax.scatter(xm, [m["rms"] for m in means], s=28, color="C0", label="run (geometric mean)", zorder=3)
     grid = np.geomspace(min(xm), max(xm), 50)
-    c = math.exp(statistics.fmean(math.log(m["rms"]) - slope.value * math.log(v) for m, v in zip(means, xm, strict=True)))
+    c = math.exp(statistics.fmean(math.log(m["rms"]) - slope.value * math.log(v)
+                                  for m, v in zip(means, xm, strict=True)))
     ax.plot(grid, c * grid ** slope.value, color="C0", label=f"fit: slope {slope.value:.3f} "
             f"[{slope.low:.3f}, {slope.high:.3f}]")
     eq = sorted((m["lr"] / m["weight_decay"], m["abm_rms"]) for m in means)
