@@ -13,7 +13,7 @@ MUP := mup==1.0.0
 
 DEMO_DIR ?= runs/demo
 
-.PHONY: demo test test-fast lint install clean
+.PHONY: demo test test-fast lint install clean reproduce
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ test: lint
 # Everything but the checks marked slow.
 test-fast: install
 	$(PY) -m pytest -m "not slow"
+
+# Every claim of REPRODUCTION.md: the sweeps of experiments/ (about 8 CPU-hours on 2 cores; they resume when
+# rerun), then their figures and numbers in experiments/results. EXPERIMENTS="equilibrium transfer" picks some.
+reproduce: install
+	$(PY) -m experiments.run $(EXPERIMENTS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

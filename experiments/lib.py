@@ -120,8 +120,9 @@ def mean_and_spread(values: Sequence[float]) -> tuple[float, float]:
 
 
 def rel(path: Path) -> str:
-    """``path`` relative to the repository root (how claims.json names figures)."""
-    return str(Path(path).resolve().relative_to(ROOT))
+    """``path`` relative to the repository root (how claims.json names figures); absolute when outside it."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def claim(**fields: Any) -> dict[str, Any]:

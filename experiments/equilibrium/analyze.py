@@ -222,10 +222,8 @@ def same_ratio(rows: Sequence[Mapping[str, Any]], path: Path) -> dict[str, Any]:
             "relaxations": {k: r["relaxation_times"] for k, r in cases.items()}}
 
 
-def analyze() -> list[dict[str, Any]]:
-    rows = lib.rows(NAME, "sweep")
-    if not rows:
-        raise ValueError(f"{NAME}: no completed runs")
+def sqrt_law(rows: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Claim 1's record and details from the runs of an (LR, WD) grid."""
     points = equilibrium_points(rows)
     means = run_means(points)
     slope = lib.loglog_slope([m["lr"] / m["weight_decay"] for m in means], [m["rms"] for m in means])
@@ -237,35 +235,39 @@ def analyze() -> list[dict[str, Any]]:
     two = two_exponent_fit(means)
     abm = abm_comparison(rows)
     lib.FIGURES.mkdir(parents=True, exist_ok=True)
-    fig1 = plot_equilibrium(means, points, slope, abm, lib.FIGURES / "equilibrium_sqrt_law.png")
+    figure = plot_equilibrium(means, points, slope, abm, lib.FIGURES / "equilibrium_sqrt_law.png")
     ratios = [m["rms"] / m["abm_rms"] for m in means]
-    ratio = same_ratio(rows, lib.FIGURES / "same_ratio_same_gain.png")
-    wall = lib.cpu_seconds(rows)
-    details = {"runs": means, "per_layer_type": per_type, "two_exponent_fit": two, "abm": [
-        {k: v for k, v in a.items() if k not in ("steps", "real", "abm")} for a in abm],
-        "rms_over_noise_equilibrium": {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)},
-        "same_ratio": ratio}
-    lib.write_json(lib.RESULTS / f"{NAME}.json", details)
     relax = [m["relaxations"] for m in means]
     base = setup(rows)
     base["relaxation_times"] = [min(relax), max(relax)]
-    claim1 = lib.claim(
+    details = {"runs": means, "per_layer_type": per_type, "two_exponent_fit": two, "abm": [
+        {k: v for k, v in a.items() if k not in ("steps", "real", "abm")} for a in abm],
+        "rms_over_noise_equilibrium": {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}}
+    record = lib.claim(
         claim="equilibrium_sqrt_law",
         statement="In AdamW's steady state a matrix's RMS is set by the hyperparameters: rms ~ sqrt(lr/wd), i.e. "
                   "slope 1/2 of log rms against log(lr/wd), as for a matrix driven by pure noise.",
         source="Kosson et al. 2024 (arXiv 2305.17212), rotational equilibrium; background of arXiv 2601.04890 "
                "section 2 and arXiv 2510.15262 section 3",
         measured=slope.value, interval=slope.interval, expected=0.5,
-        holds=lib.holds(slope.interval, 0.5, SLOPE_TOLERANCE),
-        tolerance=SLOPE_TOLERANCE,
-        figures=[lib.rel(fig1)], command=COMMAND, setup=base, wall_s=wall,
-        also={"a_lr_exponent": two["a"], "a_interval": two["a_interval"], "b_wd_exponent": two["b"],
+        holds=lib.holds(slope.interval, 0.5, SLOPE_TOLERANCE), tolerance=SLOPE_TOLERANCE,
+        figures=[lib.rel(figure)], command=COMMAND, setup=base, wall_s=lib.cpu_seconds(rows),
+        also={"measured_is": "slope of log(run's geometric-mean hidden RMS) on log(lr/wd), 95% t interval",
+              "a_lr_exponent": two["a"], "a_interval": two["a_interval"], "b_wd_exponent": two["b"],
               "b_interval": two["b_interval"], "rms_over_noise_equilibrium_median": statistics.median(ratios),
-              "abm_final_ratio": {a["matrix"].split(".")[-2] + "@lr" + f"{a['lr']:g}/wd{a['weight_decay']:g}":
-                                  a["final_ratio"] for a in abm}},
+              "abm_final_ratio": {f"{a['matrix']} lr {a['lr']:g} wd {a['weight_decay']:g}": a["final_ratio"]
+                                  for a in abm}},
     )
+    return record, details
+
+
+def same_ratio_claim(rows: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Claim 2's record and details (needs the reference point's six runs)."""
+    ratio = same_ratio(rows, lib.FIGURES / "same_ratio_same_gain.png")
+    base = setup(rows)
+    base["relaxation_times"] = ratio["relaxations"]
     expected = 1 / math.sqrt(2)
-    claim2 = lib.claim(
+    record = lib.claim(
         claim="same_ratio_same_gain",
         statement="Runs with the same lr/wd converge to the same sublayer gain and spectrum (only at different "
                   "speeds); doubling WD lowers the gain by ~1/sqrt(2).",
@@ -274,9 +276,21 @@ def analyze() -> list[dict[str, Any]]:
         holds=(None if ratio["equal_ratio_spread"] >= 1 / ratio["wd_x2_ratio"] else
                lib.holds(ratio["wd_x2_interval"], expected, RATIO_TOLERANCE, max_width=1.0)),
         tolerance=RATIO_TOLERANCE,
-        figures=[lib.rel(lib.FIGURES / "same_ratio_same_gain.png")], command=COMMAND, setup=base, wall_s=wall,
-        also={"equal_ratio_spread_max_over_min": ratio["equal_ratio_spread"], "wd_half_ratio": ratio["wd_half_ratio"],
+        figures=[lib.rel(lib.FIGURES / "same_ratio_same_gain.png")], command=COMMAND, setup=base,
+        wall_s=lib.cpu_seconds(rows),
+        also={"measured_is": "final MLP sublayer gain at (lr, 2wd) / at (lr, wd)",
+              "equal_ratio_spread_max_over_min": ratio["equal_ratio_spread"], "wd_half_ratio": ratio["wd_half_ratio"],
               "sigma_max_wd_x2_ratio": ratio["sigma_wd_x2_ratio"],
               "interval_from": "the equal-ratio runs' log-gain spread (t, 3 dof)"},
     )
+    return record, ratio
+
+
+def analyze() -> list[dict[str, Any]]:
+    rows = lib.rows(NAME, "sweep")
+    if not rows:
+        raise ValueError(f"{NAME}: no completed runs")
+    claim1, details = sqrt_law(rows)
+    claim2, ratio = same_ratio_claim(rows)
+    lib.write_json(lib.RESULTS / f"{NAME}.json", details | {"same_ratio": ratio})
     return [claim1, claim2]
