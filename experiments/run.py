@@ -39,6 +39,7 @@ def run_experiment(name: str, *, sweeps: bool, analyze: bool, workers: int, thre
         started = time.perf_counter()
         records = mod.analyze()
         lib.update_claims(records)
+        lib.write_summary()
         log.info(f"{name}: {len(records)} claim(s) in {lib.rel(lib.CLAIMS)} "
                  f"(analysis {time.perf_counter() - started:.0f} s)")
     return 0
