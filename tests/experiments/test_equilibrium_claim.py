@@ -33,6 +33,7 @@ def results(tmp_path, monkeypatch):
     return tmp_path
 
 
+@pytest.mark.slow
 def test_claim_1_rederived_at_tiny_size(results, data_cache, one_thread):
     out = results / "sweep"
     assert run_sweep(parse_sweep(SWEEP), out, workers=2, threads=1, progress=False).exit_code == 0
