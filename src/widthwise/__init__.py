@@ -74,6 +74,7 @@ __all__ = [
     "gain_summary",
     "get_recipe",
     "init_weights",
+    "load_model",
     "lr_schedule",
     "multiplier_parameters",
     "multiplier_stats",
@@ -115,6 +116,12 @@ if TYPE_CHECKING:
     from .recipes import PRESETS, Recipe, get_recipe
     from .roles import Role, classify
     from .schedules import lr_schedule
+
+
+def load_model(path: Any, step: int | None = None) -> tuple[Any, Any]:
+    """``(model, tokenizer)``: a plain HF model of a run directory (multipliers folded, as ``widthwise export``
+    writes it) or of an HF folder. Needs the ``hf`` extra; loads the application only when called."""
+    return importlib.import_module(".app.export", __name__).load_model(path, step)
 
 
 def __getattr__(name: str) -> Any:

@@ -17,6 +17,7 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "DataError",
+    "ExportError",
     "RunError",
     "SweepError",
     "WidthwiseError",
@@ -53,6 +54,10 @@ class CheckpointError(WidthwiseError):
 
 class RunError(WidthwiseError):
     """A run directory that cannot be used (exists already, missing, corrupt)."""
+
+
+class ExportError(WidthwiseError):
+    """A model that cannot be written (or loaded) as a plain Hugging Face model; the message says why."""
 
 
 class SweepError(WidthwiseError):
