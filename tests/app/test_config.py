@@ -148,8 +148,10 @@ def test_flag_queries_replace_the_key_tuples():
         "train.steps", "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints", "train.log_every",
         "train.progress", "train.plots", "train.tensorboard", "train.sample_tokens", "train.sample_prompt",
         "train.threads", "train.compile", "train.divergence_factor", "data.cache_dir", "diagnostics.every",
-        "diagnostics.spectra", "diagnostics.gains", "diagnostics.gain_sequences", "diagnostics.drift_threshold"}
-    assert set(config_keys("runtime")) == {"train.progress", "train.threads", "data.cache_dir"}
+        "diagnostics.spectra", "diagnostics.gains", "diagnostics.gain_sequences", "diagnostics.drift_threshold",
+        "train.grad_accum", "train.parallel", "train.dist_timeout_s"}
+    assert set(config_keys("runtime")) == {"train.progress", "train.threads", "data.cache_dir", "train.grad_accum",
+                                           "train.parallel", "train.dist_timeout_s"}
     assert config_keys("forward", section="model") == ("embedding_multiplier", "head_multiplier", "attention_scale")
     assert config_keys("width", "tuned", "seed") == ("model.width", "model.heads", "model.kv_heads", "optim.lr",
                                                      "optim.weight_decay", "train.seed")

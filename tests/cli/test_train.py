@@ -263,9 +263,15 @@ def test_corrupt_run_is_refused_clearly(tiny_run, tmp_path, capsys):
     assert "config.yaml is corrupt" in _bad(capsys, "train", "--resume", str(run))
 
 
-def test_world_size_change_is_refused(tiny_run, tmp_path, capsys, monkeypatch):
+def test_several_processes_need_train_parallel(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert "WORLD_SIZE" in _bad(capsys, "train", "tiny", "--out", str(tmp_path / "r"), *sets())
+    assert "train.parallel: none, but WORLD_SIZE=2" in _bad(capsys, "train", "tiny", "--out", str(tmp_path / "r"),
+                                                            *sets())
+
+
+def test_a_batch_that_does_not_split_into_micro_steps_is_refused(tmp_path, capsys):
+    assert "train.grad_accum: 3 does not divide train.batch_size=8" in _bad(
+        capsys, "train", "tiny", "--out", str(tmp_path / "r"), *sets("train.grad_accum=3"))
 
 
 def test_entry_point_reports_bad_input_without_traceback(tmp_path):

@@ -40,6 +40,8 @@ from . import configs
 MULTIPLIER_CHOICES = ("none", *MULTIPLIER_KINDS)
 DTYPES = ("auto", "float32", "bfloat16")
 DEVICES = ("auto", "cpu", "cuda")
+#: ``train.parallel``: one process, DistributedDataParallel or FSDP2 (``fully_shard``) under torchrun.
+PARALLEL = ("none", "ddp", "fsdp")
 #: Smallest vocabulary: 256 bytes and the end-of-text token.
 MIN_VOCAB = 257
 
@@ -224,6 +226,12 @@ class TrainConfig(_Section):
     steps: int = _field(200, "training steps", check="positive", resumable=True)
     batch_size: int = _field(16, "sequences per step", check="positive")
     seq_len: int = _field(128, "tokens per sequence", check="positive")
+    grad_accum: int = _field(1, "micro-steps per step: train.batch_size (the global batch) is split over ranks and "
+                             "micro-steps", check="positive", resumable=True, runtime=True)
+    parallel: str = _field("none", "none, or ddp | fsdp under torchrun (several processes)", choices=PARALLEL,
+                           resumable=True, runtime=True)
+    dist_timeout_s: float = _field(300.0, "seconds a collective waits for the other ranks before the job fails",
+                                   check="positive", resumable=True, runtime=True)
     seed: int = _field(0, "random seed of the initialisation and the batches", check="non_negative", seed=True)
     device: str = _field("auto", "auto, cpu, cuda or cuda:N")
     dtype: str = _field("auto", "compute dtype", choices=DTYPES)
@@ -252,6 +260,8 @@ class TrainConfig(_Section):
             raise ConfigError(f"train.device: unknown device {self.device!r}; expected auto, cpu, cuda or cuda:N")
         if self.compile not in ("auto", True, False):
             raise ConfigError(f"train.compile: expected auto, true or false, got {self.compile!r}")
+        if self.batch_size % self.grad_accum:
+            raise ConfigError(f"train.grad_accum: {self.grad_accum} does not divide train.batch_size={self.batch_size}")
 
 
 @dataclass
@@ -343,7 +353,7 @@ def config_keys(*flags: str, section: str | None = None) -> tuple[str, ...]:
     """Dotted keys of the fields whose metadata sets any of ``flags`` (field order); bare names within ``section``.
 
     >>> config_keys("runtime")
-    ('train.threads', 'train.progress', 'data.cache_dir')
+    ('train.grad_accum', 'train.parallel', 'train.dist_timeout_s', 'train.threads', 'train.progress', 'data.cache_dir')
     >>> config_keys("forward", section="model")
     ('embedding_multiplier', 'head_multiplier', 'attention_scale')
     """

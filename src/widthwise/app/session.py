@@ -8,24 +8,28 @@ machine, threads and settings; compile off). The trainer, the bench and ``widthw
 
 from __future__ import annotations
 
-import os
+import copy
+import dataclasses
+import logging
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
 from ..errors import CheckpointError, ConfigError
 from ..optim.build import muon_ns_dtype
 from .config import Config
 from .data import BatchSampler, TokenData, validation_batches
+from .distributed import Distributed, full_state, full_tensor, gradient_sync, shard_like, shard_optimizer_state, wrap
 from .runtime import Runtime, resolve_runtime
-from .setup import Built, apply_update, build, config_device, load_data, resolved_config
+from .setup import Built, apply_update, build, config_device, load_data, make_optimizer, resolved_config
 
 if TYPE_CHECKING:
-    from torch import nn
-
     from ..planning import Plan
 
 __all__ = ["Session", "unique_state_dict"]
+
+logger = logging.getLogger(__name__)
 
 
 def unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -39,24 +43,55 @@ def unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 class Session:
-    """The model, optimizer, schedule, data and runtime of ``config``, at ``step`` after ``tokens`` tokens."""
+    """The model, optimizer, schedule, data and runtime of ``config``, at ``step`` after ``tokens`` tokens.
 
-    def __init__(self, config: Config) -> None:
+    Under torchrun (``dist``, :mod:`widthwise.app.distributed`) each rank takes ``train.batch_size / world``
+    sequences of every global batch in ``train.grad_accum`` micro-steps; roles, plan and multipliers are those
+    of the unwrapped model, decided before it is wrapped (DDP) or sharded (FSDP2).
+    """
+
+    def __init__(self, config: Config, dist: Distributed | None = None) -> None:
         self.config = config
+        self.dist = d = dist or Distributed(config.train.parallel)
         t = config.train
-        self.data: TokenData = load_data(config)
+        if t.batch_size % (d.world_size * t.grad_accum):
+            raise ConfigError(f"train.batch_size: {t.batch_size} does not split into {d.world_size} ranks x "
+                              f"{t.grad_accum} micro-steps (train.grad_accum)")
+        with d.main_first():  # one process tokenizes into the cache, the others read it
+            self.data: TokenData = load_data(config)
         vocab = config.model.vocab_size or self.data.vocab_size
         if vocab < self.data.vocab_size:
             raise ConfigError(f"model.vocab_size: {vocab} is smaller than the tokenizer's {self.data.vocab_size}")
-        self.built: Built = build(config, vocab, config_device(config))
+        device = config_device(config)
+        if d.active and device.type == "cuda":
+            device = torch.device("cuda", torch.cuda.current_device())
+        self._replica: nn.Module | None = None  # FSDP2: rank 0's whole copy, for diagnostics
+        self._unique: list[str] = []  # the state dict's names, each tensor once
+
+        def shard(model: nn.Module) -> None:
+            self._unique = list(unique_state_dict(model))
+            if d.main:
+                self._replica = copy.deepcopy(model)
+            wrap(model, d, device)
+
+        self.built: Built = build(config, vocab, device, wrap=shard if d.fsdp else None)
         self.model = self.built.model
+        if not d.fsdp:
+            self._unique = list(unique_state_dict(self.model))
+        if self._replica is not None:
+            self._replica_optimizer = make_optimizer(config, self._replica, self.built.plan, device)
         flops = self.model.flops_per_token(t.seq_len) * t.batch_size * t.seq_len
         self.runtime: Runtime = resolve_runtime(t.device, t.dtype, t.compile, t.threads, config.model.width,
                                                 flops, t.steps)
-        self.step_model = torch.compile(self.model) if self.runtime.compile else self.model
+        if self.runtime.device.type == "cuda" and d.active:
+            self.runtime = dataclasses.replace(self.runtime, device=device)
+        self.wrapped = wrap(self.model, d, device) if d.active and not d.fsdp else self.model
+        self.step_model = torch.compile(self.wrapped) if self.runtime.compile else self.wrapped
         # Evaluation runs without grad: compiled, that is a second graph to compile, worth it on a GPU only.
-        self.eval_model = self.step_model if self.runtime.device.type == "cuda" else self.model
-        self.sampler = BatchSampler(self.data.train, t.batch_size, t.seq_len, t.seed)
+        one = self.runtime.device.type == "cuda" and not d.active
+        self.eval_model = self.step_model if one else self.model
+        self.sampler = BatchSampler(self.data.train, t.batch_size // d.world_size, t.seq_len, t.seed, d.rank,
+                                    d.world_size)
         self.val = validation_batches(self.data.val, t.batch_size, t.seq_len, t.eval_tokens)
         self.step = 0
         self.tokens = 0
@@ -78,17 +113,32 @@ class Session:
         return self.config.optim.lr * self.scheduler.lr_lambdas[0](self.step - 1)
 
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor | float]:
-        """One step: sample, forward, backward, clip, update, schedule; the loss (not synced) and grad norm."""
+        """One step: sample, forward, backward, clip, update, schedule; the loss and the grad norm.
+
+        The loss is the global batch's mean (averaged over micro-steps and ranks, a collective every step under
+        torchrun); the grad norm is over the full gradients.
+        """
         x, y = self.sampler.next_batch()
         device = self.runtime.device
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with self.runtime.autocast():
-            loss = self.step_model(x, y)
-        loss.backward()
-        norm = apply_update(self.built, self.config)
+        micro = self.config.train.grad_accum
+        if micro == 1:
+            with gradient_sync(self.wrapped, self.dist, True), self.runtime.autocast():
+                loss = self.step_model(x, y)
+            loss.backward()
+            total = loss.detach()
+        else:
+            total = torch.zeros((), device=device)
+            for i, (xi, yi) in enumerate(zip(x.chunk(micro), y.chunk(micro), strict=True)):
+                with gradient_sync(self.wrapped, self.dist, i == micro - 1):
+                    with self.runtime.autocast():
+                        loss = self.step_model(xi, yi)
+                    (loss / micro).backward()
+                total += loss.detach().float() / micro
+        norm = full_tensor(apply_update(self.built, self.config))
         self.step += 1
-        self.tokens += x.numel()
-        return loss.detach(), norm
+        self.tokens += x.numel() * self.dist.world_size
+        return self.dist.mean(total), norm
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -113,6 +163,22 @@ class Session:
         out = self.model.generate(idx, tokens, generator=gen)
         return tok.decode(out[0].tolist()).replace("<|endoftext|>", "\n").strip()
 
+    def measured(self) -> tuple[nn.Module, torch.optim.Optimizer] | None:
+        """The whole model and its optimizer for diagnostics, on rank 0 (``None`` elsewhere).
+
+        Under FSDP2 rank 0 keeps a replica whose weights are gathered here (a collective: every rank calls it
+        at the same steps) and an optimizer over it that never steps but carries the live LRs and WDs.
+        """
+        if not self.dist.fsdp:
+            return (self.model, self.optimizer) if self.dist.main else None
+        weights = {k: full_tensor(v) for k, v in self.model.state_dict().items()}
+        if self._replica is None:
+            return None
+        self._replica.load_state_dict(weights)
+        for mirror, live in zip(self._replica_optimizer.param_groups, self.optimizer.param_groups, strict=True):
+            mirror["lr"], mirror["weight_decay"] = live["lr"], live["weight_decay"]
+        return self._replica, self._replica_optimizer
+
     def resolved(self) -> dict[str, Any]:
         """What the session resolved from the config's ``null``/``auto`` fields: a run's ``resolved:`` section."""
         extra = {"runtime": {**self.runtime.to_dict(), "muon_ns_dtype": muon_ns_dtype(self.optimizer)},
@@ -131,32 +197,47 @@ class Session:
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        return {"step": self.step, "model": unique_state_dict(self.model), "optimizer": self.optimizer.state_dict(),
+        if self.dist.fsdp:  # whole tensors, gathered on every rank (a collective)
+            weights = self.model.state_dict()
+            model = {name: full_tensor(weights[name]) for name in self._unique}
+            optimizer = full_state(self.optimizer.state_dict())
+        else:
+            model, optimizer = unique_state_dict(self.model), self.optimizer.state_dict()
+        return {"step": self.step, "model": model, "optimizer": optimizer,
                 "scheduler": {k: v for k, v in self.scheduler.state_dict().items() if k != "lr_lambdas"},
-                "rng": rng, "sampler": self.sampler.state_dict(), "tokens": self.tokens, "world_size": 1,
+                "rng": rng, "sampler": self.sampler.state_dict(), "tokens": self.tokens,
+                "world_size": self.dist.world_size,
                 "data_fingerprint": self.data.fingerprint, "vocab_size": self.built.model_config.vocab_size}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from ``state`` (a :meth:`state_dict`; other keys are ignored).
 
-        :class:`CheckpointError` when it does not fit: another world size, changed data, other weights or
-        optimizer. The schedule keeps this session's ``train.steps``, so a longer run extends it.
+        :class:`CheckpointError` when it does not fit: changed data, other weights or optimizer. The schedule
+        keeps this session's ``train.steps``, so a longer run extends it. The state holds whole tensors, so it
+        loads at any world size (the global batch is the same; sums over ranks round differently).
         """
         where = f"checkpoint step {state['step']}"
-        world = int(os.environ.get("WORLD_SIZE", 1))
-        if state.get("world_size") != world:
-            raise CheckpointError(f"{where}: written with world size {state.get('world_size')}, resumed with "
-                                  f"{world}; resume with the same number of processes")
+        written = state.get("world_size", 1)
+        if written != self.dist.world_size:
+            logger.info(f"{where}: written by {written} processes, resumed by {self.dist.world_size}; the losses "
+                        "continue, up to float rounding of the sums over ranks")
         if state.get("data_fingerprint") != self.data.fingerprint:
             raise CheckpointError(f"{where}: the training data changed since it was written (corpus, tokenizer or "
                                   "split differ)")
-        missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
-        shared = set(self.model.state_dict()) - set(unique_state_dict(self.model))  # tied names, stored once
+        weights = state["model"]
+        if self.dist.fsdp:
+            live = self.model.state_dict()
+            weights = {k: shard_like(v, live[k]) if k in live else v for k, v in weights.items()}
+        missing, unexpected = self.model.load_state_dict(weights, strict=False)
+        shared = set(self.model.state_dict()) - set(self._unique)  # tied names, stored once
         bad = unexpected or sorted(set(missing) - shared)
         if bad:
             raise CheckpointError(f"{where}: weights do not fit the model ({bad[0]!r})")
         try:
-            self.optimizer.load_state_dict(state["optimizer"])
+            optimizer = state["optimizer"]
+            if self.dist.fsdp:
+                optimizer = shard_optimizer_state(self.optimizer, optimizer)
+            self.optimizer.load_state_dict(optimizer)
         except (ValueError, KeyError, RuntimeError) as err:
             raise CheckpointError(f"{where}: optimizer state does not fit ({err})") from None
         total = self.scheduler.lr_lambdas[0].total

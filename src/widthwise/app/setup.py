@@ -8,7 +8,7 @@ import json
 import math
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -231,25 +231,36 @@ def plan_for(config: Config, vocab_size: int) -> Plan:
     return _planned_models(config, vocab_size, meta=True)[-1]
 
 
-def build(config: Config, vocab_size: int, device: torch.device) -> Built:
-    """Model (initialised by the plan, seeded by ``train.seed``), plan, optimizer and LR schedule."""
+def build(config: Config, vocab_size: int, device: torch.device,
+          wrap: Callable[[Llama], Any] | None = None) -> Built:
+    """Model (initialised by the plan, seeded by ``train.seed``), plan, optimizer and LR schedule.
+
+    ``wrap`` (FSDP2's sharding, in place) runs on the planned, initialised model before the optimizer is built.
+    """
     model, model_cfg, declared_cfg, base_cfg, recipe, names, the_plan = _planned_models(config, vocab_size)
     init_weights(model, the_plan, generator=torch.Generator().manual_seed(config.train.seed),
                  forward_multipliers=False)
     model.to(device)
+    if wrap is not None:
+        wrap(model)
+    optimizer = make_optimizer(config, model, the_plan, device)
+    s = config.schedule
+    scheduler = lr_schedule(optimizer, s.warmup, config.train.steps, s.kind, min_ratio=s.min_ratio,
+                            decay_fraction=s.decay_fraction)
+    return Built(model, model_cfg, declared_cfg, base_cfg, recipe, the_plan, optimizer, scheduler, names)
+
+
+def make_optimizer(config: Config, model: nn.Module, the_plan: Plan, device: torch.device) -> torch.optim.Optimizer:
+    """The optimizer of ``config.optim`` over ``model``'s parameters, as ``the_plan`` groups them."""
     o = config.optim
     try:
-        optimizer = build_optimizer(
+        return build_optimizer(
             model, the_plan, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas), eps=o.eps,
             muon_lr=o.muon_lr, check_forward_multipliers=False,
             ns_dtype=resolve_ns_dtype(o.ns_dtype, device) if o.name == "muon" else o.ns_dtype,
         )
     except ValueError as err:
         raise ConfigError(f"optim: {err}") from None
-    s = config.schedule
-    scheduler = lr_schedule(optimizer, s.warmup, config.train.steps, s.kind, min_ratio=s.min_ratio,
-                            decay_fraction=s.decay_fraction)
-    return Built(model, model_cfg, declared_cfg, base_cfg, recipe, the_plan, optimizer, scheduler, names)
 
 
 def resolved_config(built: Built, extra: Mapping[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import signal
 import statistics
 import sys
@@ -32,6 +31,7 @@ from ..errors import EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_OK, ConfigError
 from ..schedules import ScheduleRatio
 from .checkpoint import Checkpoint
 from .config import Config, apply_overrides, config_keys
+from .distributed import Distributed, process_group
 from .metrics import MetricsLog
 from .rundir import RunDir
 from .session import Session
@@ -57,8 +57,14 @@ class Result:
 
 
 def start(config: Config, out: Path) -> Result:
-    """Train ``config`` into a new run directory ``out`` (refused if ``out`` already holds anything)."""
-    return _train(config, RunDir.create(out, "--out"), stored=None)
+    """Train ``config`` into a new run directory ``out`` (refused if ``out`` already holds anything).
+
+    Under torchrun every rank calls it (``train.parallel``: ddp or fsdp); rank 0 writes the run directory.
+    """
+    t = config.train
+    with process_group(t.parallel, t.dist_timeout_s, t.device) as d:
+        run = d.agree(lambda: RunDir.create(out, "--out"), lambda: RunDir(out, "--out"))
+        return _train(config, run, stored=None, d=d)
 
 
 def resume(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> Result:
@@ -69,7 +75,9 @@ def resume(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> Result
     for key in _changed_keys(stored, config):
         if key not in RESUMABLE_KEYS:
             raise ConfigError(f"--set {key}: cannot change on resume (only {', '.join(RESUMABLE_KEYS)})")
-    return _train(config, run, stored)
+    t = config.train
+    with process_group(t.parallel, t.dist_timeout_s, t.device) as d:
+        return _train(config, run, stored, d)
 
 
 def _changed_keys(a: Config, b: Config) -> list[str]:
@@ -138,11 +146,20 @@ def _finished(run: RunDir, config: Config) -> Result | None:
     return None
 
 
-def _train(config: Config, run: RunDir, stored: Config | None) -> Result:
+class _NoLogs:
+    """The logs of a rank other than 0: nothing is written."""
+
+    def write(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _train(config: Config, run: RunDir, stored: Config | None, d: Distributed) -> Result:
     """Train (or, given the run's stored config as ``stored``, continue) into ``run``."""
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
-        raise ConfigError("WORLD_SIZE > 1: `widthwise train` runs one process; distributed runs are not supported "
-                          "yet (use the library with torchrun/DDP in your own loop)")
+    if not d.main:
+        logging.getLogger("widthwise").setLevel(logging.WARNING)
     ckpt = None
     if stored is not None:
         done = _finished(run, config)
@@ -154,18 +171,20 @@ def _train(config: Config, run: RunDir, stored: Config | None) -> Result:
                 raise ConfigError(f"train.steps: {config.train.steps} is below the checkpoint's step {ckpt.step}")
             _check_extension(stored, config, ckpt.step)
     started = time.perf_counter()
-    session = Session(config)
+    session = Session(config, d)
     progress = _Progress()
     if ckpt is not None:
         session.load_state_dict(ckpt.session_state())
         progress = _Progress.from_state(ckpt.state)
-    run.write_config(config, session.resolved(), session.plan,
-                     session.built.plan.table(config.optim.lr, config.optim.weight_decay,
-                                              muon_lr=config.optim.muon_lr))
+    if d.main:
+        run.write_config(config, session.resolved(), session.plan,
+                         session.built.plan.table(config.optim.lr, config.optim.weight_decay,
+                                                  muon_lr=config.optim.muon_lr))
+    ranks = f", {d.world_size} processes ({d.parallel})" if d.active else ""
     logger.info(f"{'resuming' if ckpt else 'training'} {run.path} from step {session.step}: "
                 f"{session.model.num_parameters(exclude_embedding=False) / 1e6:.2f}M parameters, recipe "
                 f"{session.built.recipe.name}, multipliers {config.multipliers.kind}, {config.optim.name}, "
-                f"{session.runtime.describe()}")
+                f"{session.runtime.describe()}{ranks}")
     loop = _Loop(session, run, progress, started, resumed=stored is not None)
     try:
         with _deferred_signals(progress):
@@ -173,16 +192,21 @@ def _train(config: Config, run: RunDir, stored: Config | None) -> Result:
     finally:
         loop.logs.close()
     summary = _summary(session, progress, status, loop.monitor is not None)
-    rates = [r["tokens_per_s"] for r in run.metrics() if r.get("tokens_per_s")]
-    summary["tokens_per_s_median"] = statistics.median(rates) if rates else None  # steady state, no compile
-    run.write_summary(summary)
-    if status in ("completed", "diverged") and config.train.plots:
-        from .train_plots import write_plots
-
-        write_plots(run)
     t = config.train
-    if status == "completed" and t.sample_tokens:
-        run.write_samples(session.sample(t.sample_prompt, t.sample_tokens, t.seed))
+    sample = None
+    if status == "completed" and t.sample_tokens and (d.main or d.fsdp):  # FSDP: every rank runs the forwards
+        sample = session.sample(t.sample_prompt, t.sample_tokens, t.seed)
+    if d.main:
+        rates = [r["tokens_per_s"] for r in run.metrics() if r.get("tokens_per_s")]
+        summary["tokens_per_s_median"] = statistics.median(rates) if rates else None  # steady state, no compile
+        run.write_summary(summary)
+        if status in ("completed", "diverged") and config.train.plots:
+            from .train_plots import write_plots
+
+            write_plots(run)
+        if sample is not None:
+            run.write_samples(sample)
+    d.barrier()
     return Result(summary, code, run)
 
 
@@ -208,24 +232,31 @@ class _Loop:
         config = session.config
         dc = config.diagnostics
         self.monitor: TrainingDiagnostics | None = None
-        if dc.every:
+        measured = session.measured() if dc.every else None  # rank 0's whole model (FSDP2: gathered by all)
+        if measured is not None:
             gain_batch = session.val[0][0][: dc.gain_sequences].to(session.runtime.device) if dc.gains else None
-            self.monitor = TrainingDiagnostics(session.model, session.optimizer, gain_batch, spectra=dc.spectra,
+            self.monitor = TrainingDiagnostics(*measured, gain_batch, spectra=dc.spectra,
                                                drift_threshold=dc.drift_threshold)
-        self.logs: MetricsLog = run.open_logs(self.monitor is not None, config.train.tensorboard,
-                                              resume_step=session.step if resumed else None)
+        self.logs: MetricsLog | _NoLogs = _NoLogs()
+        if session.dist.main:
+            self.logs = run.open_logs(self.monitor is not None, config.train.tensorboard,
+                                      resume_step=session.step if resumed else None)
 
     def save(self) -> None:
         """Checkpoint the session with the loop's bookkeeping."""
         self.progress.elapsed = self.last_elapsed + (time.perf_counter() - self.started)
-        ckpt = Checkpoint.of(self.session.state_dict(), **self.progress.state())
-        self.rundir.save_checkpoint(ckpt, keep=self.session.config.train.keep_checkpoints)
+        state = self.session.state_dict()  # FSDP2: gathered on every rank
+        if self.session.dist.main:
+            ckpt = Checkpoint.of(state, **self.progress.state())
+            self.rundir.save_checkpoint(ckpt, keep=self.session.config.train.keep_checkpoints)
 
     def measure_diagnostics(self) -> None:
         """Write a ``diagnostics.jsonl`` record (TensorBoard: pooled by layer type); warn about symmetry drift."""
-        assert self.monitor is not None
         session = self.session
         tick = time.perf_counter()
+        session.measured()  # FSDP2: rank 0's replica gathers the weights (every rank takes part)
+        if self.monitor is None:
+            return
         record, scalars, warnings = self.monitor.measure(session.step)
         self.progress.diagnostics_seconds += time.perf_counter() - tick
         self.logs.write({"step": session.step, "tokens": session.tokens, "lr": session.lr(), **record},
@@ -243,7 +274,8 @@ class _Loop:
     def run(self) -> tuple[str, int]:
         """Train to ``train.steps``: the status (completed, diverged, interrupted) and exit code."""
         session, progress, t = self.session, self.progress, self.session.config.train
-        bar = tqdm(total=t.steps, initial=session.step, disable=not t.progress or None, unit="step",
+        bar = tqdm(total=t.steps, initial=session.step, disable=not (t.progress and session.dist.main) or None,
+                   unit="step",
                    dynamic_ncols=True, file=sys.stderr, desc="train")
         try:
             with logging_redirect_tqdm([logging.getLogger("widthwise")]):
@@ -251,11 +283,13 @@ class _Loop:
                     if self.step(bar):
                         return "diverged", EXIT_DIVERGED
                     every = session.config.diagnostics.every
-                    if self.monitor is not None and (session.step % every == 0 or session.step == t.steps):
+                    if every and (session.step % every == 0 or session.step == t.steps):
                         self.measure_diagnostics()
                     bar.update(1)
                     if session.step % t.checkpoint_every == 0 or session.step == t.steps:
                         self.save()
+                    if session.dist.any(progress.stop_requested is not None) and not progress.stop_requested:
+                        progress.stop_requested = "another rank's signal"
                     if progress.stop_requested and session.step < t.steps:
                         bar.close()
                         if session.step % t.checkpoint_every != 0:
@@ -292,7 +326,9 @@ class _Loop:
             if not diverged:
                 progress.val_loss = session.evaluate()
                 record["val_loss"] = progress.val_loss
-            record["multipliers"] = multiplier_stats(session.model)
+            measured = session.measured()
+            if measured is not None:
+                record["multipliers"] = multiplier_stats(measured[0])
         self.logs.write(record)
         bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{record['tokens_per_s']:.0f}", refresh=False)
         if diverged:
@@ -314,7 +350,7 @@ def _summary(session: Session, progress: _Progress, status: str, diagnostics: bo
         "tokens_per_s": round(session.tokens / train_s, 1) if train_s else None,
         "runtime": session.runtime.describe(), "parameters": session.model.num_parameters(exclude_embedding=False),
         "non_embedding_parameters": session.model.num_parameters(exclude_embedding=True),
-        "multipliers": len(session.built.multiplier_names), "world_size": 1,
+        "multipliers": len(session.built.multiplier_names), "world_size": session.dist.world_size,
     }
 
 

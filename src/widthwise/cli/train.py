@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
             raise RunError("--out RUN_DIR is required (or --resume RUN_DIR)")
         config = load_config(args.config, overrides)
         result = trainer.start(config, args.out)
-    report(result)
+    if int(os.environ.get("RANK", 0)) == 0:  # under torchrun, rank 0 reports
+        report(result)
     return result.exit_code
 
 

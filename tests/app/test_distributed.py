@@ -1,0 +1,148 @@
+"""`widthwise train` under real `torchrun --standalone --nproc_per_node=2` on CPU/gloo (DDP, FSDP2, grad_accum):
+the same global batch as one process gives the same losses, grad norms and diagnostics; rank 0 alone writes; a
+SIGKILLed rank ends the job; resume is exact at the same world size and continues at world size 1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from widthwise.app.metrics import read_metrics
+
+pytestmark = [pytest.mark.usefixtures("data_cache"), pytest.mark.slow]
+
+#: The tiny config with learnable row+column multipliers, 20 steps, fp32 eager (the float sums are the only
+#: difference between the runs), diagnostics and validation every 10 steps, checkpoints every 5 (all kept).
+COMMON = ["train.steps=20", "train.checkpoint_every=5", "train.keep_checkpoints=4", "train.compile=false",
+          "train.dtype=float32", "train.threads=1", "train.progress=false", "train.tensorboard=false",
+          "train.plots=false", "train.sample_tokens=8", "multipliers.kind=row_col"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _args(*overrides: str) -> list[str]:
+    return [a for o in (*COMMON, *overrides) for a in ("--set", o)]
+
+
+def _train(out: Path, nproc: int, *overrides: str, resume: bool = False) -> subprocess.Popen:
+    launch = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+              if nproc > 1 else [sys.executable])
+    what = ["--resume", str(out)] if resume else ["tiny", "--out", str(out)]
+    return subprocess.Popen([*launch, "-m", "widthwise", "train", *what, *_args(*overrides)], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _done(proc: subprocess.Popen) -> str:
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """One process; DDP on 2 ranks; FSDP2 on 2 ranks with 2 micro-steps each (all with global batch 8)."""
+    root = tmp_path_factory.mktemp("dist")
+    spec = {"one": (1, ()), "ddp": (2, ("train.parallel=ddp",)),
+            "fsdp": (2, ("train.parallel=fsdp", "train.grad_accum=2"))}
+    outs = {}
+    for name, (nproc, overrides) in spec.items():  # one after the other: 2 cores
+        outs[name] = _done(_train(root / name, nproc, *overrides))
+    assert outs["ddp"].count("completed: 20 steps") == 1  # rank 0 reports, rank 1 does not
+    return {name: root / name for name in spec}
+
+
+def _close(a: float, b: float, rel: float = 1e-5) -> bool:
+    return abs(a - b) <= rel * max(abs(a), abs(b), 1e-12)
+
+
+@pytest.mark.parametrize("name", ["ddp", "fsdp"])
+def test_two_ranks_match_one_process_with_the_same_global_batch(runs, name):
+    one, two = read_metrics(runs["one"] / "metrics.jsonl"), read_metrics(runs[name] / "metrics.jsonl")
+    assert [r["step"] for r in two] == list(range(1, 21))  # each step once: only rank 0 writes
+    for a, b in zip(one, two, strict=True):
+        assert a["tokens"] == b["tokens"] and a["lr"] == b["lr"]
+        assert _close(a["train_loss"], b["train_loss"]), (a["step"], a["train_loss"], b["train_loss"])
+        assert _close(a["grad_norm"], b["grad_norm"], 1e-4), (a["step"], a["grad_norm"], b["grad_norm"])
+    assert _close(one[-1]["val_loss"], two[-1]["val_loss"])
+    assert one[-1]["train_loss"] < one[0]["train_loss"] - 0.5  # it trains: the comparison is not of constants
+    summary = json.loads((runs[name] / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["world_size"] == 2 and summary["tokens"] == 20 * 8 * 32
+
+
+@pytest.mark.parametrize("name", ["ddp", "fsdp"])
+def test_diagnostics_are_over_whole_tensors_and_logged_once(runs, name):
+    one = read_metrics(runs["one"] / "diagnostics.jsonl")
+    two = read_metrics(runs[name] / "diagnostics.jsonl")
+    assert [r["step"] for r in two] == [10, 20]
+    for a, b in zip(one, two, strict=True):
+        for matrix, m in a["matrices"].items():
+            for key in ("sigma_max", "rms", "sublayer_gain", "equilibrium_ratio"):
+                if m.get(key) is not None:
+                    assert _close(m[key], b["matrices"][matrix][key], 1e-4), (matrix, key)
+    stats = read_metrics(runs[name] / "metrics.jsonl")[-1]["multipliers"]
+    expected = read_metrics(runs["one"] / "metrics.jsonl")[-1]["multipliers"]
+    assert stats.keys() == expected.keys()
+    for key, values in expected.items():
+        assert stats[key] == pytest.approx(values, rel=1e-4, abs=1e-6), key
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def _rank_pid(launcher: int, rank: int) -> int | None:
+    for child in _children(launcher):
+        try:
+            env = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in env:
+            return child
+    return None
+
+
+def test_sigkill_of_a_rank_ends_the_job_and_resume_is_exact(runs, tmp_path):
+    run = tmp_path / "killed"
+    proc = _train(run, 2, "train.parallel=fsdp", "train.grad_accum=2")
+    latest = run / "checkpoints" / "latest"
+    deadline = time.monotonic() + 240
+    while not latest.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    victim = _rank_pid(proc.pid, 1)
+    assert victim is not None and proc.poll() is None, "the job ended before it could be killed"
+    os.kill(victim, signal.SIGKILL)
+    tick = time.monotonic()
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode != 0 and time.monotonic() - tick < 120  # the job ends, it does not hang
+    assert "SIGKILL" in err  # torchrun names the rank that died and how
+    summary = run / "summary.json"
+    assert not summary.exists() or json.loads(summary.read_text())["status"] != "completed"
+
+    _done(_train(run, 2, resume=True))
+    resumed, whole = read_metrics(run / "metrics.jsonl"), read_metrics(runs["fsdp"] / "metrics.jsonl")
+    assert [r["step"] for r in resumed] == list(range(1, 21))
+    assert [r["train_loss"] for r in resumed] == [r["train_loss"] for r in whole]  # bit for bit
+
+
+def test_a_two_rank_run_resumes_in_one_process(runs, tmp_path):
+    import shutil
+
+    run = tmp_path / "single"
+    shutil.copytree(runs["fsdp"], run)
+    (run / "summary.json").unlink()  # as if stopped after the checkpoint of step 10
+    for step in (15, 20):
+        shutil.rmtree(run / "checkpoints" / f"step_{step:08d}", ignore_errors=True)
+    (run / "checkpoints" / "latest").write_text("step_00000010\n")
+    _done(_train(run, 1, resume=True))
+    resumed, one = read_metrics(run / "metrics.jsonl"), read_metrics(runs["one"] / "metrics.jsonl")
+    assert [r["step"] for r in resumed] == list(range(1, 21))
+    for a, b in zip(one[10:], resumed[10:], strict=True):
+        assert _close(a["train_loss"], b["train_loss"]), (a["step"], a["train_loss"], b["train_loss"])
+    assert json.loads((run / "summary.json").read_text())["world_size"] == 1
