@@ -46,10 +46,13 @@ def _done(proc: subprocess.Popen) -> str:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    """One process; DDP on 2 ranks; FSDP2 on 2 ranks with 2 micro-steps each (all with global batch 8)."""
+    """AdamW and Muon: one process; DDP on 2 ranks; FSDP2 on 2 ranks (AdamW: 2 micro-steps each); global batch 8."""
     root = tmp_path_factory.mktemp("dist")
+    muon = ("optim.name=muon", "optim.ns_dtype=float32")
     spec = {"one": (1, ()), "ddp": (2, ("train.parallel=ddp",)),
-            "fsdp": (2, ("train.parallel=fsdp", "train.grad_accum=2"))}
+            "fsdp": (2, ("train.parallel=fsdp", "train.grad_accum=2")),
+            "muon_one": (1, muon), "muon_ddp": (2, ("train.parallel=ddp", *muon)),
+            "muon_fsdp": (2, ("train.parallel=fsdp", *muon))}
     outs = {}
     for name, (nproc, overrides) in spec.items():  # one after the other: 2 cores
         outs[name] = _done(_train(root / name, nproc, *overrides))
@@ -61,9 +64,10 @@ def _close(a: float, b: float, rel: float = 1e-5) -> bool:
     return abs(a - b) <= rel * max(abs(a), abs(b), 1e-12)
 
 
-@pytest.mark.parametrize("name", ["ddp", "fsdp"])
+@pytest.mark.parametrize("name", ["ddp", "fsdp", "muon_ddp", "muon_fsdp"])
 def test_two_ranks_match_one_process_with_the_same_global_batch(runs, name):
-    one, two = read_metrics(runs["one"] / "metrics.jsonl"), read_metrics(runs[name] / "metrics.jsonl")
+    single = "muon_one" if name.startswith("muon") else "one"
+    one, two = read_metrics(runs[single] / "metrics.jsonl"), read_metrics(runs[name] / "metrics.jsonl")
     assert [r["step"] for r in two] == list(range(1, 21))  # each step once: only rank 0 writes
     for a, b in zip(one, two, strict=True):
         assert a["tokens"] == b["tokens"] and a["lr"] == b["lr"]
@@ -75,9 +79,10 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(runs, name):
     assert summary["status"] == "completed" and summary["world_size"] == 2 and summary["tokens"] == 20 * 8 * 32
 
 
-@pytest.mark.parametrize("name", ["ddp", "fsdp"])
+@pytest.mark.parametrize("name", ["ddp", "fsdp", "muon_fsdp"])
 def test_diagnostics_are_over_whole_tensors_and_logged_once(runs, name):
-    one = read_metrics(runs["one"] / "diagnostics.jsonl")
+    single = "muon_one" if name.startswith("muon") else "one"
+    one = read_metrics(runs[single] / "diagnostics.jsonl")
     two = read_metrics(runs[name] / "diagnostics.jsonl")
     assert [r["step"] for r in two] == [10, 20]
     for a, b in zip(one, two, strict=True):
@@ -86,7 +91,7 @@ def test_diagnostics_are_over_whole_tensors_and_logged_once(runs, name):
                 if m.get(key) is not None:
                     assert _close(m[key], b["matrices"][matrix][key], 1e-4), (matrix, key)
     stats = read_metrics(runs[name] / "metrics.jsonl")[-1]["multipliers"]
-    expected = read_metrics(runs["one"] / "metrics.jsonl")[-1]["multipliers"]
+    expected = read_metrics(runs[single] / "metrics.jsonl")[-1]["multipliers"]
     assert stats.keys() == expected.keys()
     for key, values in expected.items():
         assert stats[key] == pytest.approx(values, rel=1e-4, abs=1e-6), key

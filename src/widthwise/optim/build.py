@@ -57,7 +57,9 @@ def build_optimizer(
     arguments (``fused``, ``foreach``, ...) pass through.
 
     A Muon plan gives Muon (:class:`widthwise.optim.muon.BatchedMuon`, a batched ``torch.optim.Muon``) on the
-    hidden matrices and AdamW on everything else, as one :class:`CombinedOptimizer`. ``ns_dtype``: the dtype of
+    hidden matrices and AdamW on everything else, as one :class:`CombinedOptimizer`; on matrices that FSDP2's
+    ``fully_shard`` sharded, Muon is :class:`widthwise.optim.distributed_muon.DistributedMuon` (Newton-Schulz on
+    whole matrices, spread over the ranks). ``ns_dtype``: the dtype of
     Muon's Newton-Schulz iteration, ``"auto"`` (bf16 where bf16 matmuls are fast, else fp32), ``"bfloat16"``
     (bitwise ``torch.optim.Muon`` on CPU) or ``"float32"``.
 
@@ -93,6 +95,7 @@ def build_optimizer(
         raise ValueError(f"the plan names {stale[0]!r}, which the model lacks: was the plan made for another model?")
 
     groups: dict[str, dict[tuple, dict[str, Any]]] = {name: {} for name in OPTIMIZERS}
+    sharded: list[str] = []  # Muon's matrices that FSDP2 sharded
     for name, site in sites.items():
         if not site.param.requires_grad:
             continue
@@ -100,11 +103,15 @@ def build_optimizer(
         if tuple(site.param.shape) != entry.shape:
             raise ValueError(f"parameter {name!r} has shape {tuple(site.param.shape)}, the plan says {entry.shape}")
         if entry.optimizer == "muon" and is_sharded(site.param):
-            raise ValueError(
-                f"Muon cannot train {name!r}: it is sharded (a DTensor with placements {site.param.placements}, "
-                "e.g. by FSDP2's fully_shard), and Newton-Schulz on a shard is not Newton-Schulz on the matrix; "
-                "plan with optimizer='adamw', or keep the hidden matrices unsharded (DDP)"
-            )
+            from .distributed_muon import supports
+
+            if not supports(site.param):
+                raise ValueError(
+                    f"Muon cannot train {name!r}: it is sharded with placements {site.param.placements} on a "
+                    f"{site.param.device_mesh.ndim}-D mesh, and Newton-Schulz on a shard is not Newton-Schulz on "
+                    "the matrix; the distributed Muon takes FSDP2's row shards (Shard(0), 1-D mesh) only"
+                )
+            sharded.append(name)
         group = groups[entry.optimizer].setdefault(_group_key(entry), _group(entry, lr, weight_decay, muon_lr))
         group["params"].append(site.param)
         group["names"].append(name)
@@ -116,8 +123,16 @@ def build_optimizer(
     if plan.optimizer == "adamw":
         return adamw  # type: ignore[return-value]  # not None: every trainable parameter is AdamW's
     muon = None
+    muon_names = [n for g in muon_groups for n in g["names"]]
+    if sharded and len(sharded) < len(muon_names):
+        whole = next(n for n in muon_names if n not in sharded)
+        raise ValueError(f"Muon's matrices are sharded ({sharded[0]!r}) and not ({whole!r}): shard all or none")
     if muon_groups:
-        muon = BatchedMuon(muon_groups, lr=lr if muon_lr is None else muon_lr, momentum=momentum, nesterov=nesterov,
+        if sharded:
+            from .distributed_muon import DistributedMuon as muon_class
+        else:
+            muon_class = BatchedMuon
+        muon = muon_class(muon_groups, lr=lr if muon_lr is None else muon_lr, momentum=momentum, nesterov=nesterov,
                            ns_steps=ns_steps, adjust_lr_fn=plan.muon_adjust_lr_fn, ns_dtype=ns_dtype)
     return CombinedOptimizer({k: v for k, v in (("muon", muon), ("adamw", adamw)) if v is not None})
 
