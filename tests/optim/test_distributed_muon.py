@@ -21,6 +21,7 @@ from torch.distributed.fsdp import fully_shard
 
 import widthwise as ww
 from widthwise.models.llama import Llama, LlamaConfig
+from widthwise.optim import distributed_muon
 from widthwise.optim.distributed_muon import DistributedMuon
 from widthwise.optim.muon import BatchedMuon
 
@@ -38,22 +39,25 @@ def gap(sharded, whole):
 
 out = {}
 for ns in ("float32", "bfloat16"):
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(5, 7, bias=False), torch.nn.Linear(7, 3, bias=False),
-                              torch.nn.Linear(3, 9, bias=False))
-    ref = copy.deepcopy(net)
-    fully_shard(net)
-    opt = DistributedMuon(net.parameters(), lr=0.05, weight_decay=0.1, ns_dtype=ns)
-    ref_opt = BatchedMuon(ref.parameters(), lr=0.05, weight_decay=0.1, ns_dtype=ns)
-    x = torch.randn(6, 5, generator=torch.Generator().manual_seed(1))
-    first = ref[0].weight.detach().clone()
-    for _ in range(3):
-        for model, o in ((net, opt), (ref, ref_opt)):
-            model(x).square().mean().backward()
-            o.step()
-            o.zero_grad()
-    out[f"odd_{ns}"] = gap(list(net.parameters()), list(ref.parameters()))
-    out[f"odd_moved_{ns}"] = float((ref[0].weight - first).abs().max())
+    for bucket in (distributed_muon.BUCKET_ELEMENTS, 40):  # one bucket (rank 0 owns two); one matrix a bucket
+        distributed_muon.BUCKET_ELEMENTS = bucket
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(5, 7, bias=False), torch.nn.Linear(7, 3, bias=False),
+                                  torch.nn.Linear(3, 9, bias=False))
+        ref = copy.deepcopy(net)
+        fully_shard(net)
+        opt = DistributedMuon(net.parameters(), lr=0.05, weight_decay=0.1, ns_dtype=ns)
+        ref_opt = BatchedMuon(ref.parameters(), lr=0.05, weight_decay=0.1, ns_dtype=ns)
+        x = torch.randn(6, 5, generator=torch.Generator().manual_seed(1))
+        first = ref[0].weight.detach().clone()
+        for _ in range(3):
+            for model, o in ((net, opt), (ref, ref_opt)):
+                model(x).square().mean().backward()
+                o.step()
+                o.zero_grad()
+        out[f"odd_{ns}_{bucket}"] = gap(list(net.parameters()), list(ref.parameters()))
+        out[f"odd_moved_{ns}"] = float((ref[0].weight - first).abs().max())
+    distributed_muon.BUCKET_ELEMENTS = 1 << 26
 
     torch.manual_seed(0)
     model = Llama(LlamaConfig(width=64, heads=4, kv_heads=2, depth=2, vocab_size=300, max_seq_len=16))
@@ -100,7 +104,8 @@ def results(tmp_path_factory):
 def test_distributed_muon_equals_one_process_muon(results, ns):
     for out in results:
         assert out[f"odd_moved_{ns}"] > 1e-3 and out[f"llama_moved_{ns}"] > 1e-3  # the steps did move the weights
-        assert out[f"odd_{ns}"] <= 1e-6, out  # relative to the largest weight (measured: 0, bit for bit)
+        # relative to the largest weight; measured: 0, bit for bit
+        assert out[f"odd_{ns}_40"] <= 1e-6 and out[f"odd_{ns}_{1 << 26}"] <= 1e-6, out
         assert out[f"llama_{ns}"] <= 1e-6, out
 
 

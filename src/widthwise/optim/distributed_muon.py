@@ -2,11 +2,12 @@
 
 Newton-Schulz (NS) on a row shard is not NS on the matrix, so a sharded Muon must see whole matrices. Here, as in
 torchtitan's and microsoft/dion's distributed Muon (the idea, not their code): momentum, Nesterov and weight
-decay are element-wise and run on each rank's shard; then the matrices of a parameter group go in buckets of one
-matrix per rank. One ``all_to_all`` per bucket sends every rank's shard of matrix ``j`` to rank ``j``, which
-assembles the whole momentum-updated gradient and runs NS on it; a second ``all_to_all`` sends each rank its rows
-of every result, and each rank updates its own shard. So each rank orthogonalises ``1 / world`` of the matrices,
-and a bucket costs two collectives, not two per matrix.
+decay are element-wise and run on each rank's shard; then the matrices of a parameter group go in buckets (up to
+:data:`BUCKET_ELEMENTS`), matrix ``j`` of a bucket owned by rank ``j % world``. One ``all_to_all`` per bucket sends
+every rank's shards to the owners, which assemble the whole momentum-updated gradients and run NS on them
+(batched by shape); a second ``all_to_all`` sends each rank its rows of every result, and each rank updates its
+own shard. So each rank orthogonalises ``1 / world`` of the matrices, and a bucket costs two collectives, not two
+per matrix.
 
 The update equals :class:`widthwise.optim.muon.BatchedMuon`'s on the whole matrices (tested on real gloo ranks,
 fp32 and bf16 NS): the shards are FSDP2's ``Shard(0)`` chunks (``torch.chunk`` sizes, trailing shards short or
@@ -26,9 +27,12 @@ from torch.distributed.tensor import DTensor, Shard
 from torch.optim._muon import _adjust_lr
 from torch.optim.optimizer import _to_scalar
 
-from .muon import _TORCH_DTYPES, BatchedMuon, newton_schulz
+from .muon import _TORCH_DTYPES, BatchedMuon, _stacks, newton_schulz
 
-__all__ = ["DistributedMuon", "supports"]
+__all__ = ["BUCKET_ELEMENTS", "DistributedMuon", "supports"]
+
+#: A bucket (two collectives) holds consecutive matrices of a parameter group up to this many elements in all.
+BUCKET_ELEMENTS = 1 << 26
 
 
 def supports(param: Tensor) -> bool:
@@ -70,47 +74,73 @@ class DistributedMuon(BatchedMuon):
         pg, world, rank = mesh.get_group(), mesh.size(), mesh.get_local_rank()
         dtype = _TORCH_DTYPES[group["ns_dtype"]]
         ns_args = (group["ns_coefficients"], group["ns_steps"], group["eps"])
-        for start in range(0, len(params), world):
-            bucket = list(range(start, min(start + world, len(params))))
+        for bucket in _buckets([tuple(p.shape) for p in params]):
             shapes = [tuple(params[i].shape) for i in bucket]
-            ortho = self._orthogonalise(bucket, shapes, updates, dtype, ns_args, pg, world, rank)
+            ortho = _orthogonalise([updates[i] for i in bucket], shapes, dtype, ns_args, pg, world, rank)
             for i, shape, rows in zip(bucket, shapes, ortho, strict=True):
                 torch._foreach_add_([local[i]], [rows], alpha=-_adjust_lr(lr, group["adjust_lr_fn"], shape))
 
-    @staticmethod
-    def _orthogonalise(bucket: list[int], shapes: list[tuple[int, ...]], updates: list[Tensor], dtype: torch.dtype,
-                       ns_args: tuple, pg: Any, world: int, rank: int) -> list[Tensor]:
-        """This rank's rows of NS of each whole matrix of ``bucket``; rank ``j`` orthogonalises matrix ``j``."""
-        pad = [-(-rows // world) * cols for rows, cols in shapes]  # elements of one padded shard per matrix
-        splits = [_chunk_rows(rows, world) for rows, _ in shapes]
-        device, kind = updates[bucket[0]].device, updates[bucket[0]].dtype
-        send = torch.zeros(sum(pad), device=device, dtype=kind)
-        offset = 0
-        for j, i in enumerate(bucket):
-            piece = updates[i].reshape(-1)
-            send[offset:offset + piece.numel()] = piece
-            offset += pad[j]
-        mine = rank < len(bucket)
-        received = torch.empty(world * pad[rank] if mine else 0, device=device, dtype=kind)
-        in_splits = pad + [0] * (world - len(bucket))
-        dist.all_to_all_single(received, send, [pad[rank] if mine else 0] * world, in_splits, group=pg)
 
-        back = torch.empty(0, device=device, dtype=torch.float32)
-        if mine:  # assemble matrix `rank`, orthogonalise it, cut it into every rank's rows
-            cols = shapes[rank][1]
-            parts = [received[s * pad[rank]: s * pad[rank] + n * cols].view(n, cols)
-                     for s, n in enumerate(splits[rank])]
-            result = newton_schulz(torch.cat(parts).to(dtype), *ns_args).float()
-            back = torch.zeros(world * pad[rank], device=device, dtype=torch.float32)
-            first = 0
-            for s, n in enumerate(splits[rank]):
-                back[s * pad[rank]: s * pad[rank] + n * cols] = result[first:first + n].reshape(-1)
-                first += n
-        returned = torch.empty(sum(pad), device=device, dtype=torch.float32)
-        dist.all_to_all_single(returned, back, in_splits, [pad[rank] if mine else 0] * world, group=pg)
-        out, offset = [], 0
-        for j, (_, cols) in enumerate(shapes):
-            n = splits[j][rank]
-            out.append(returned[offset:offset + n * cols].view(n, cols).to(dtype))
-            offset += pad[j]
-        return out
+def _buckets(shapes: list[tuple[int, ...]]) -> list[list[int]]:
+    """Consecutive matrices, at most :data:`BUCKET_ELEMENTS` (whole) a bucket, one matrix at least."""
+    buckets: list[list[int]] = [[]]
+    size = 0
+    for i, (rows, cols) in enumerate(shapes):
+        if buckets[-1] and size + rows * cols > BUCKET_ELEMENTS:
+            buckets.append([])
+            size = 0
+        buckets[-1].append(i)
+        size += rows * cols
+    return buckets
+
+
+def _orthogonalise(shards: list[Tensor], shapes: list[tuple[int, ...]], dtype: torch.dtype, ns_args: tuple,
+                   pg: Any, world: int, rank: int) -> list[Tensor]:
+    """This rank's rows of NS of each whole matrix of a bucket, from this rank's ``shards`` of them.
+
+    Matrix ``j`` is orthogonalised on rank ``j % world``: one ``all_to_all`` brings it every rank's shard, NS
+    runs on the whole matrices there (stacked by shape, as :class:`BatchedMuon` stacks them), and one
+    ``all_to_all`` sends each rank its rows. Shards are padded to ``ceil(rows / world)`` rows in transit.
+    """
+    n = len(shapes)
+    owner = [j % world for j in range(n)]
+    pad = [-(-rows // world) * cols for rows, cols in shapes]
+    splits = [_chunk_rows(rows, world) for rows, _ in shapes]
+    order = sorted(range(n), key=lambda j: (owner[j], j))  # the send buffer: by owner, then by position
+    offsets, total = {}, 0
+    for j in order:
+        offsets[j], total = total, total + pad[j]
+    per_owner = [sum(pad[j] for j in range(n) if owner[j] == d) for d in range(world)]
+    device, kind = shards[0].device, shards[0].dtype
+    send = torch.zeros(total, device=device, dtype=kind)
+    for j, shard in enumerate(shards):
+        send[offsets[j]:offsets[j] + shard.numel()] = shard.reshape(-1)
+    mine = [j for j in order if owner[j] == rank]
+    size = per_owner[rank]  # what every rank sends here: its shards of this rank's matrices
+    received = torch.empty(world * size, device=device, dtype=kind)
+    dist.all_to_all_single(received, send, [size] * world, per_owner, group=pg)
+
+    local = {j: offsets[j] - offsets[mine[0]] for j in mine} if mine else {}
+    whole = []
+    for j in mine:
+        cols = shapes[j][1]
+        whole.append(torch.cat([received[s * size + local[j]: s * size + local[j] + rows * cols].view(rows, cols)
+                                for s, rows in enumerate(splits[j])]).to(dtype))
+    results: list[Tensor] = list(whole)  # replaced by their NS
+    for stack in _stacks(whole, dtype):
+        if len(stack) == 1:
+            results[stack[0]] = newton_schulz(whole[stack[0]], *ns_args)
+        else:
+            for k, o in zip(stack, newton_schulz(torch.stack([whole[k] for k in stack]), *ns_args).unbind(0),
+                            strict=True):
+                results[k] = o
+    back = torch.zeros(world * size, device=device, dtype=torch.float32)
+    for k, j in enumerate(mine):
+        cols, first = shapes[j][1], 0
+        for s, rows in enumerate(splits[j]):
+            back[s * size + local[j]: s * size + local[j] + rows * cols] = results[k][first:first + rows].reshape(-1)
+            first += rows
+    returned = torch.empty(total, device=device, dtype=torch.float32)
+    dist.all_to_all_single(returned, back, per_owner, [size] * world, group=pg)
+    return [returned[offsets[j]:offsets[j] + splits[j][rank] * cols].view(splits[j][rank], cols).to(dtype)
+            for j, (_, cols) in enumerate(shapes)]
