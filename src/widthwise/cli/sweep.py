@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .args import Subparsers, add_execution
+from .args import Subparsers, add_execution, positive_int
 
 
 def add_parser(sub: Subparsers) -> None:
@@ -18,6 +18,8 @@ def add_parser(sub: Subparsers) -> None:
     p.add_argument("sweep_file", type=Path, metavar="SWEEP.yaml", help="the sweep file")
     p.add_argument("--out", type=Path, required=True, metavar="SWEEP_DIR", help="sweep directory (new or resumed)")
     add_execution(p)
+    p.add_argument("--nproc", type=positive_int, default=1,
+                   help="processes per run, under torchrun (local executor; train.parallel ddp unless set)")
     p.set_defaults(run=run)
 
 
@@ -26,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from ..app.sweep.spec import load_sweep
 
     result = run_sweep(load_sweep(args.sweep_file), args.out, workers=args.workers, threads=args.threads,
-                       executor=args.executor, address=args.address, progress=not args.quiet)
+                       executor=args.executor, address=args.address, progress=not args.quiet, nproc=args.nproc)
     if result.exit_code == 0:
         print(f"sweep {args.out}: {result.counts['completed']} completed, {result.counts['diverged']} diverged, "
               f"{result.wall_s:.0f} s\n  next: widthwise analyze {args.out}")

@@ -173,19 +173,23 @@ def _stop_on_signals():
 
 
 def run_sweep(spec: SweepSpec, out: Path, *, workers: int | None = None, threads: int | None = None,
-              executor: str = "local", address: str | None = None, progress: bool = True) -> SweepResult:
+              executor: str = "local", address: str | None = None, progress: bool = True,
+              nproc: int = 1) -> SweepResult:
     """Run the points of ``spec`` not yet finished in ``out``; record each in ``out/results.db``.
+
+    ``nproc > 1`` (local executor): each run is ``nproc`` processes under torchrun, ``train.parallel`` ddp where
+    the point leaves it ``none``; ``workers`` defaults to the cores over ``threads * nproc``.
 
     Progress is a tqdm bar on stderr; what happens to runs is logged to the ``widthwise`` logger.
     """
     out = Path(out)
     started = time.perf_counter()
-    check_executor(executor, address)
+    check_executor(executor, address, nproc)
     points = expand(spec)
     prepare_sweep_dir(spec, out)
     vocab_sizes = _prepare_data(points)
     auto_workers, threads = default_workers(threads)
-    workers = workers or auto_workers
+    workers = workers or max(1, auto_workers // nproc)
     with ResultsDB(db_path(out)) as db:
         db.add(points)
         status = {p.run_id: db.status(p.run_id) for p in points}
@@ -198,7 +202,7 @@ def run_sweep(spec: SweepSpec, out: Path, *, workers: int | None = None, threads
         label = numerics_label(numerics["train.device"], numerics["train.dtype"], numerics["train.compile"])
         logger.info(f"numerics {label} where a run leaves them auto (decided once for the sweep; this machine's "
                     f"measurements are cached in {numerics_cache_path()})")
-        pool = make_executor(executor, workers, threads, address)
+        pool = make_executor(executor, workers, threads, address, nproc)
         logger.info(pool.describe())
         bar = tqdm(total=len(points), initial=len(points) - len(todo), unit="run", desc="sweep", file=sys.stderr,
                    disable=not progress or None, dynamic_ncols=True)

@@ -37,9 +37,9 @@ class Job:
     log: Path
 
 
-def worker_command(run_dir: Path, threads: int, parent: int) -> list[str]:
+def worker_command(run_dir: Path, threads: int, parent: int, nproc: int = 1) -> list[str]:
     return [sys.executable, "-m", "widthwise.app.sweep.worker", str(run_dir), "--threads", str(threads),
-            "--parent", str(parent)]
+            "--parent", str(parent), "--nproc", str(nproc)]
 
 
 def worker_env(threads: int) -> dict[str, str]:
@@ -65,21 +65,23 @@ def run_attempt(config: dict[str, Any], run_dir: str, threads: int, log: str) ->
 
 
 class LocalExecutor:
-    """``workers`` worker processes at a time on this machine, ``threads`` threads each."""
+    """``workers`` runs at a time on this machine, each ``nproc`` process(es) (torchrun) of ``threads`` threads."""
 
     name = "local"
 
-    def __init__(self, workers: int, threads: int) -> None:
-        self.slots, self.threads = workers, threads
+    def __init__(self, workers: int, threads: int, nproc: int = 1) -> None:
+        self.slots, self.threads, self.nproc = workers, threads, nproc
         self.running: dict[subprocess.Popen, Job] = {}
 
     def describe(self) -> str:
-        return f"{self.slots} local worker(s) x {self.threads} thread(s)"
+        ranks = f" x {self.nproc} processes" if self.nproc > 1 else ""
+        return f"{self.slots} local worker(s){ranks} x {self.threads} thread(s)"
 
     def submit(self, job: Job) -> None:
         log = open(job.log, "ab")  # noqa: SIM115 - the child writes to it until it exits
         try:
-            proc = subprocess.Popen(worker_command(job.run_dir, self.threads, os.getpid()), stdin=subprocess.PIPE,
+            proc = subprocess.Popen(worker_command(job.run_dir, self.threads, os.getpid(), self.nproc),
+                                    stdin=subprocess.PIPE,
                                     stdout=log, stderr=subprocess.STDOUT, env=worker_env(self.threads))
         finally:
             log.close()
@@ -181,16 +183,21 @@ class RayExecutor:
         return jobs
 
 
-def check_executor(name: str, address: str | None) -> None:
-    """Reject an unknown executor, or a Ray address without Ray, before anything starts."""
+def check_executor(name: str, address: str | None, nproc: int = 1) -> None:
+    """Reject an unknown executor, a Ray address without Ray, or several processes per run on Ray, before anything
+    starts."""
     if name not in EXECUTORS:
         raise SweepError(f"--executor: unknown executor {name!r}; expected one of {', '.join(EXECUTORS)}")
     if address and name != "ray":
         raise SweepError("--address is for --executor ray only")
+    if nproc > 1 and name != "local":
+        raise SweepError("--nproc: several processes per run run on the local executor only (on Ray, see "
+                         "docs/limitations.md)")
 
 
-def make_executor(name: str, workers: int, threads: int, address: str | None = None) -> LocalExecutor | RayExecutor:
-    check_executor(name, address)
+def make_executor(name: str, workers: int, threads: int, address: str | None = None,
+                  nproc: int = 1) -> LocalExecutor | RayExecutor:
+    check_executor(name, address, nproc)
     if name == "ray":
         return RayExecutor(workers, threads, address)
-    return LocalExecutor(workers, threads)
+    return LocalExecutor(workers, threads, nproc)

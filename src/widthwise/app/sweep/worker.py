@@ -19,12 +19,13 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ...errors import EXIT_BAD_INPUT, EXIT_BUSY, RunError, WidthwiseError
+from ...errors import EXIT_BAD_INPUT, EXIT_BUSY, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_OK, RunError, WidthwiseError
 from ..console import setup_logging
 from ..rundir import RunDir
 
@@ -62,8 +63,9 @@ def die_with_parent(parent: int | None) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def train_point(config_data: dict[str, Any], run_dir: Path, threads: int) -> int:
-    """Start or resume the run of ``config_data`` in ``run_dir`` with ``threads`` threads; the exit code."""
+def train_point(config_data: dict[str, Any], run_dir: Path, threads: int, nproc: int = 1) -> int:
+    """Start or resume the run of ``config_data`` in ``run_dir`` with ``threads`` threads (per process, ``nproc``
+    processes under torchrun); the exit code."""
     from .. import trainer
     from ..config import apply_overrides, from_dict
 
@@ -72,6 +74,8 @@ def train_point(config_data: dict[str, Any], run_dir: Path, threads: int) -> int
             logger.info(f"{run_dir} is being trained by another process")
             return EXIT_BUSY
         runtime = [f"train.threads={threads}", "train.progress=false"]
+        if nproc > 1:
+            return _torchrun(config_data, run_dir, runtime, nproc)
         try:
             if RunDir(run_dir).has_config():
                 result = trainer.resume(run_dir, runtime)
@@ -84,6 +88,39 @@ def train_point(config_data: dict[str, Any], run_dir: Path, threads: int) -> int
             logger.error(" ".join(str(err).split()))
             return EXIT_BAD_INPUT
         return result.exit_code
+
+
+def _torchrun(config_data: dict[str, Any], run_dir: Path, runtime: list[str], nproc: int) -> int:
+    """The run on ``nproc`` processes: ``torchrun --standalone`` of ``widthwise train`` (DDP unless the point asks
+    for FSDP), which dies with this worker and gets the signals it gets; the trainer's exit code from the summary."""
+    from ..config import from_dict
+
+    parallel = config_data.get("train", {}).get("parallel", "none")
+    sets = [*runtime, f"train.parallel={'ddp' if parallel == 'none' else parallel}"]
+    spec = run_dir.parent / f".{run_dir.name}.config.yaml"
+    if RunDir(run_dir).has_config():
+        what = ["--resume", str(run_dir)]
+    else:
+        if run_dir.exists():  # a start killed before its config was written: no checkpoint can exist
+            shutil.rmtree(run_dir)
+        spec.write_text(from_dict(config_data).to_yaml(), encoding="utf-8")
+        what = [str(spec), "--out", str(run_dir)]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "widthwise", "train", *what, *[a for o in sets for a in ("--set", o)]]
+    proc = subprocess.Popen(command, preexec_fn=lambda: die_with_parent(None))
+    forward = {sig: signal.signal(sig, lambda signum, frame: proc.send_signal(signum))
+               for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        code = proc.wait()
+    finally:
+        for sig, old in forward.items():
+            signal.signal(sig, old)
+        spec.unlink(missing_ok=True)
+    try:
+        status = (RunDir(run_dir).summary() or {}).get("status")
+    except RunError:
+        status = None
+    return {"completed": EXIT_OK, "diverged": EXIT_DIVERGED, "interrupted": EXIT_INTERRUPTED}.get(status, code)
 
 
 def collect_result(run_dir: Path) -> dict[str, Any] | None:
@@ -169,12 +206,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m widthwise.app.sweep.worker")
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--nproc", type=int, default=1, help="processes per run (torchrun)")
     parser.add_argument("--parent", type=int, help="pid of the driver: exit when it is gone")
     args = parser.parse_args(argv)
     setup_logging()
     die_with_parent(args.parent)
     config_data = json.loads(sys.stdin.read())
-    return train_point(config_data, args.run_dir, args.threads)
+    return train_point(config_data, args.run_dir, args.threads, args.nproc)
 
 
 if __name__ == "__main__":
