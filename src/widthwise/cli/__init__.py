@@ -17,8 +17,8 @@ from ..errors import EXIT_BAD_INPUT, WidthwiseError
 from .args import Parser
 
 #: The command modules, in the order ``--help`` lists them.
-COMMANDS = ("train", "coord_check", "diagnose", "sweep", "analyze", "transfer", "calibrate", "export", "bench",
-            "config")
+COMMANDS = ("train", "coord_check", "diagnose", "sweep", "analyze", "transfer", "calibrate", "export", "eval",
+            "bench", "config")
 
 
 def build_parser() -> argparse.ArgumentParser:
