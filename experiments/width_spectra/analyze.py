@@ -63,7 +63,8 @@ def claim3(rows: Sequence[Mapping[str, Any]], premise: Sequence[Mapping[str, Any
         measured=alpha, interval=interval, expected=0.75, holds=lib.holds(interval, 0.75, EXPONENT_TOLERANCE),
         tolerance=EXPONENT_TOLERANCE, figures=[lib.rel(figure)], command=COMMAND, setup=setup(rows, "none"),
         wall_s=lib.cpu_seconds(rows) + lib.cpu_seconds(premise),
-        also={"per_layer_type": per_type, "premise_a": a, "premise_b": b,
+        also={"per_layer_type": per_type, "alpha_unweighted_mean_of_types": statistics.fmean(
+                  v["alpha"] for v in per_type.values()), "premise_a": a, "premise_b": b,
               "calibrate_derived_wd_exponent_at_constant_lr": cal.derived_exponent,
               "calibrate_derived_wd_exponent_se": cal.derived_exponent_se,
               "implied_wd_exponent_at_mup_lr": mup_wd, "paper_wd_exponent_at_mup_lr": 0.5,
@@ -104,14 +105,22 @@ def claim8(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         fit = lib.loglog_slope(x, y)
         fits[kind] = {"exponent": fit.value, "interval": fit.interval, "r2": fit.r2}
     head = fits["head (final norm gain rms)"]
-    fig, ax = subplots(figsize=(7, 4.5), layout="constrained")
+    # the matrices themselves: the stored V's RMS per layer type against width (width-independent expected)
+    stored = {}
+    for t in sorted(rows[0]["layer_types"]):
+        pts = [(r["width"], r["layer_types"][t]["rms"]) for r in rows if r["layer_types"].get(t, {}).get("rms")]
+        fit = lib.loglog_slope([w for w, _ in pts], [v for _, v in pts])
+        stored[t] = {"exponent": fit.value, "interval": fit.interval}
+    fig, ax = subplots(figsize=(10, 4.8), layout="constrained")
     for i, kind in enumerate(kinds):
         ax.plot(widths, values[kind], "o-", color=f"C{i % 10}", label=f"{kind}: d^{fits[kind]['exponent']:.2f}")
     ax.plot(widths, [values["head (final norm gain rms)"][0] * widths[0] / w for w in widths], "k--", lw=1,
             label="1/d from the narrowest (muP's head)")
+    qk = values["q.k (q x k scalars x attn-norm gain^2)"]
+    ax.plot(widths, [qk[0] * (widths[0] / w) ** 2 for w in widths], "k:", lw=1, label="1/d^2 (muP's q.k)")
     ax.set(xscale="log", yscale="log", xlabel="width", ylabel="learned scale (mean over blocks and seeds)",
-           title="Learned scalar multipliers at fixed (lr, wd) across widths")
-    ax.legend(fontsize=7)
+           title="Learned scalar multipliers at fixed (lr, wd) across widths (q/k, o/v, up/down pairs coincide)")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     figure = atomic_savefig(fig, lib.FIGURES / "multiplier_width_exponent.png", dpi=120)
     return lib.claim(
         claim="multiplier_width_exponent",
@@ -121,7 +130,8 @@ def claim8(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         measured=head["exponent"], interval=head["interval"], expected=HEAD_EXPECTED,
         holds=lib.holds(head["interval"], HEAD_EXPECTED, HEAD_TOLERANCE, max_width=1.0), tolerance=HEAD_TOLERANCE,
         figures=[lib.rel(figure)], command=COMMAND, setup=setup(rows, "scalar (placement all: the head has none)"),
-        wall_s=lib.cpu_seconds(rows), also={"exponents": fits, "values_by_width": {"widths": widths, **values}},
+        wall_s=lib.cpu_seconds(rows), also={"exponents": fits, "stored_rms_width_exponents": stored,
+                                            "values_by_width": {"widths": widths, **values}},
     )
 
 
