@@ -24,7 +24,7 @@ from .. import lib
 
 NAME = "transfer"
 RECIPES = ("robust", "mup_constant_wd", "mup", "sp")
-SWEEPS = (*RECIPES, "horizon")
+SWEEPS = ("horizon", *RECIPES)  # the cheap proxy-width horizon check first
 COMMAND = "python -m experiments.run transfer"
 LABELS = {"robust": "robust (lr 1/m, wd sqrt m)", "mup_constant_wd": "muP, constant WD (lr 1/m)",
           "mup": "muP, lr*wd constant (lr 1/m, wd m)", "sp": "standard parametrization (control)"}
