@@ -39,6 +39,8 @@ from . import configs
 #: ``multipliers.kind`` values: no multipliers, or one of the parametrization's kinds.
 MULTIPLIER_CHOICES = ("none", *MULTIPLIER_KINDS)
 DTYPES = ("auto", "float32", "bfloat16")
+#: ``model.family``: the reference LLaMA (:mod:`widthwise.models.llama`), or a transformers model (``model.hf_config``).
+FAMILIES = ("llama", "hf")
 DEVICES = ("auto", "cpu", "cuda")
 #: ``train.parallel``: one process, DistributedDataParallel or FSDP2 (``fully_shard``) under torchrun.
 PARALLEL = ("none", "ddp", "fsdp")
@@ -103,9 +105,24 @@ class ModelConfig(_Section):
                                            check="positive", forward=True)
     attention_scale: float | None = _field(None, "attention logit scale (null: the recipe's, 1/d_head for muP)",
                                            check="positive", forward=True)
+    family: str = _field("llama", "llama (the reference model) or hf (a transformers model of model.hf_config)",
+                         choices=FAMILIES)
+    hf_config: dict[str, Any] = field(default_factory=dict, metadata=_meta(
+        "model.family hf: a transformers config class and its fields, e.g. {class: Qwen2Config}; the shape "
+        "(width, depth, heads, vocab, tied) comes from model.*"))
 
     def validate(self) -> None:
         super().validate()
+        if self.family == "hf":
+            if not isinstance(self.hf_config.get("class"), str):
+                raise ConfigError("model.hf_config: model.family hf needs a config class, e.g. {class: LlamaConfig}")
+            forward = next((k for k in ("embedding_multiplier", "head_multiplier", "attention_scale")
+                            if getattr(self, k) is not None), None)
+            if forward is not None:
+                raise ConfigError(f"model.{forward}: not settable with model.family hf (the recipe's forward "
+                                  "multipliers apply to the HF modules; override the recipe instead)")
+        elif self.hf_config:
+            raise ConfigError("model.hf_config: only used with model.family hf")
         if self.width % self.heads:
             raise ConfigError(f"model.heads: {self.heads} does not divide model.width={self.width}")
         if self.heads % self.kv_heads:
@@ -337,6 +354,9 @@ class Config:
         if self.optim.clip_multipliers and self.multipliers.max_norm is not None:
             raise ConfigError("optim.clip_multipliers: true clips the multipliers with everything else; "
                               "multipliers.max_norm (their own clip) must then be null")
+        if self.model.family == "hf" and self.multipliers.absorb_forward:
+            raise ConfigError("multipliers.absorb_forward: not supported with model.family hf (the forward "
+                              "multipliers stay fixed parametrizations there)")
 
 
 _SECTION_TYPES: dict[str, type[_Section]] = {

@@ -187,19 +187,17 @@ def _trained_model(run: RunDir, step: int | None) -> tuple[Any, Config, int]:
 
 
 def _to_hf(model: nn.Module) -> PreTrainedModel:
-    """Fold everything and return the plain HF model (the reference model converted, an HF model as it is)."""
+    """Fold everything and return the plain HF model (the reference model converted, an HF model unwrapped)."""
     from ..models.llama import Llama
 
-    if not isinstance(model, Llama):
-        fold_tied_head(model)
+    plain = model if isinstance(model, Llama) else getattr(model, "lm", model)
+    if not isinstance(plain, Llama):
+        fold_tied_head(plain)
     try:
-        fold_multipliers(model)
+        fold_multipliers(plain)
     except ValueError as err:
         raise ExportError(f"export: {err}") from None
-    if isinstance(model, Llama):
-        return to_hf_llama(model)
-    hf = getattr(model, "lm", model)
-    return hf.float().eval()
+    return to_hf_llama(plain) if isinstance(plain, Llama) else plain.float().eval()
 
 
 def _logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:

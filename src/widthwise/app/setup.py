@@ -191,6 +191,16 @@ def _add_multipliers(model: nn.Module, config: Config, init: Mapping[str, float]
         raise ConfigError(f"multipliers: {err}") from None
 
 
+def new_model(config: Config, cfg: LlamaConfig) -> nn.Module:
+    """The model of ``config``'s family at the shapes of ``cfg``: the reference Llama, or an HF model
+    (``model.family: hf``, :mod:`widthwise.app.hf_family`)."""
+    if config.model.family == "hf":
+        from .hf_family import build_hf
+
+        return build_hf(cfg, config.model.hf_config)
+    return Llama(cfg)
+
+
 def _planned_models(config: Config, vocab_size: int, meta: bool = False):
     """The model, its base (meta), their configs, recipe, multiplier names and plan; ``meta``: the model too."""
     recipe = load_recipe(config)
@@ -205,9 +215,9 @@ def _planned_models(config: Config, vocab_size: int, meta: bool = False):
     if not meta:
         torch.manual_seed(config.train.seed)
     with torch.device("meta") if meta else contextlib.nullcontext():
-        model = Llama(model_cfg)
+        model = new_model(config, model_cfg)
     with torch.device("meta"):
-        base = Llama(base_cfg)
+        base = new_model(config, base_cfg)
     names = _add_multipliers(model, config, init)
     _add_multipliers(base, config, init)
     try:
@@ -216,7 +226,8 @@ def _planned_models(config: Config, vocab_size: int, meta: bool = False):
                 warnings.simplefilter("ignore", WidthConstantMultipliersWarning)
             the_plan = plan(model, base=base, recipe=recipe, optimizer=config.optim.name,
                             muon_adjust_lr_fn=config.optim.adjust_lr_fn, multiplier_lr=config.multipliers.lr,
-                            multiplier_weight_decay=config.multipliers.weight_decay, forward_multipliers=False,
+                            multiplier_weight_decay=config.multipliers.weight_decay,
+                            forward_multipliers=config.model.family == "hf",  # ours: config fields
                             scales=config.scaling.param_scales)
     except ValueError as err:
         text = str(err)
@@ -239,7 +250,7 @@ def build(config: Config, vocab_size: int, device: torch.device,
     """
     model, model_cfg, declared_cfg, base_cfg, recipe, names, the_plan = _planned_models(config, vocab_size)
     init_weights(model, the_plan, generator=torch.Generator().manual_seed(config.train.seed),
-                 forward_multipliers=False)
+                 forward_multipliers=config.model.family == "hf")
     model.to(device)
     if wrap is not None:
         wrap(model)
