@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -46,12 +47,12 @@ def _done(proc: subprocess.Popen) -> str:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    """AdamW and Muon: one process; DDP on 2 ranks; FSDP2 on 2 ranks (AdamW: 2 micro-steps each); global batch 8."""
+    """AdamW and Muon: one process; DDP and FSDP2 on 2 ranks (2 micro-steps each in two of them); global batch 8."""
     root = tmp_path_factory.mktemp("dist")
     muon = ("optim.name=muon", "optim.ns_dtype=float32")
     spec = {"one": (1, ()), "ddp": (2, ("train.parallel=ddp",)),
             "fsdp": (2, ("train.parallel=fsdp", "train.grad_accum=2")),
-            "muon_one": (1, muon), "muon_ddp": (2, ("train.parallel=ddp", *muon)),
+            "muon_one": (1, muon), "muon_ddp": (2, ("train.parallel=ddp", "train.grad_accum=2", *muon)),
             "muon_fsdp": (2, ("train.parallel=fsdp", *muon))}
     outs = {}
     for name, (nproc, overrides) in spec.items():  # one after the other: 2 cores
@@ -151,3 +152,14 @@ def test_a_two_rank_run_resumes_in_one_process(runs, tmp_path):
     for a, b in zip(one[10:], resumed[10:], strict=True):
         assert _close(a["train_loss"], b["train_loss"]), (a["step"], a["train_loss"], b["train_loss"])
     assert json.loads((run / "summary.json").read_text())["world_size"] == 1
+
+
+def test_bad_input_is_one_line_on_every_rank_and_nothing_is_overwritten(runs):
+    before = (runs["one"] / "metrics.jsonl").read_bytes()
+    proc = _train(runs["one"], 2, "train.parallel=ddp")  # --out names an existing run: rank 0 refuses, all stop
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0
+    lines = [line for line in err.splitlines() if line.startswith("widthwise: error:")]
+    assert len(lines) == 2 and all("already exists and is not empty" in line for line in lines), err[-2000:]
+    assert not re.search(r"\[rank\d\]: Traceback", err)  # none from the ranks (torchrun prints its own)
+    assert (runs["one"] / "metrics.jsonl").read_bytes() == before
