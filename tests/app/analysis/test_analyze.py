@@ -387,3 +387,19 @@ def test_plots_cope_with_degenerate_sweeps(tmp_path):
     families = group_families(rows)
     paths = write_analysis_plots(tmp_path, families, compute_optima(families))
     assert [p.name for p in paths] == list(PNGS) and all(p.stat().st_size > 5_000 for p in paths)
+
+
+def test_the_report_shows_eval_results_where_present(tmp_path):
+    rows = family_rows((32, 64), lambda w: 4.3e-3)
+    analyze(tmp_path, rows=rows, plots=False)
+    assert "## Downstream evaluation" not in (tmp_path / "report.md").read_text()
+    run = tmp_path / "runs" / "a"
+    run.mkdir(parents=True)
+    task = {"metric": "acc_mutual_info", "value": 0.3456, "stderr": 0.021, "n": 500}
+    (run / "eval.json").write_text(json.dumps({"tasks": {"shakespeare_next_line": task}}))
+    rows[3]["run_dir"] = str(run)
+    analyze(tmp_path, rows=rows, plots=False)
+    report = (tmp_path / "report.md").read_text()
+    assert "## Downstream evaluation" in report and "| run | params | val loss | shakespeare_next_line |" in report
+    assert f"| {rows[3]['name']} | " in report and "acc_mutual_info 0.3456 +- 0.021 |" in report
+    assert report.count("acc_mutual_info") == 1  # only the run that has an eval.json

@@ -262,6 +262,39 @@ def _regret_lines(fam: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def evaluations(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The ``widthwise eval`` results of the sweep's runs that have an ``eval.json``, in row order."""
+    found = []
+    for row in rows:
+        try:
+            data = json.loads((Path(row["run_dir"]) / "eval.json").read_text(encoding="utf-8"))
+        except (KeyError, TypeError, OSError, ValueError):
+            continue
+        if isinstance(data, dict) and isinstance(data.get("tasks"), dict):
+            found.append({"name": row.get("name"), "params": row.get("params") or {}, "val_loss": row.get("val_loss"),
+                          "tasks": data["tasks"]})
+    return found
+
+
+def _eval_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    evals = evaluations(rows)
+    if not evals:
+        return []
+    tasks = sorted({t for e in evals for t in e["tasks"]})
+    lines = ["", "## Downstream evaluation", "", "Runs with an `eval.json` (`widthwise eval RUN_DIR --tasks ...`): "
+             "each task's headline metric +- its standard error.", "",
+             "| run | params | val loss | " + " | ".join(tasks) + " |", "|---" * (3 + len(tasks)) + "|"]
+    for e in evals:
+        cells = []
+        for t in tasks:
+            r = e["tasks"].get(t) or {}
+            cells.append("-" if r.get("value") is None else
+                         f"{r.get('metric')} {_fmt(r['value'], '.4g')} +- {_fmt(r.get('stderr'), '.2g')}")
+        params = ", ".join(f"{k}={show_value(v)}" for k, v in e["params"].items())
+        lines.append(f"| {e['name']} | {params} | {_fmt(e['val_loss'], '.4f')} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def render_report(optima: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], sweep_dir: Path,
                   plots: Sequence[Path] = ()) -> str:
     """``report.md``: sweep size, warnings, the families' verdicts side by side, per-width optima, regret, plots."""
@@ -309,6 +342,7 @@ def render_report(optima: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], 
                          f"{_fmt(entry['relaxation_times'], '.2g')} | {_fmt(entry['sigma_max'])} | "
                          f"{_fmt(entry['gain'])} | {entry['diverged']} | {entry['failed']} |")
         lines += _regret_lines(fam)
+    lines += _eval_lines(rows)
     if plots:
         lines += ["", "## Plots"]
         for path in plots:
