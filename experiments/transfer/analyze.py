@@ -24,7 +24,7 @@ from .. import lib
 
 NAME = "transfer"
 RECIPES = ("robust", "mup_constant_wd", "mup", "sp")
-SWEEPS = ("horizon", *RECIPES)  # the cheap proxy-width horizon check first
+SWEEPS = ("pilot", "horizon", *RECIPES)  # the cheap proxy-width runs first
 COMMAND = "python -m experiments.run transfer"
 LABELS = {"robust": "robust (lr 1/m, wd sqrt m)", "mup_constant_wd": "muP, constant WD (lr 1/m)",
           "mup": "muP, lr*wd constant (lr 1/m, wd m)", "sp": "standard parametrization (control)"}
@@ -87,6 +87,24 @@ def horizon_summary(short: Sequence[Mapping[str, Any]], long: Sequence[Mapping[s
     return out
 
 
+def pilot_summary(path) -> dict[str, Any]:
+    """The width-32 pilot that chose the grids: loss against WD at each LR, its best point."""
+    rows = [r for r in lib.rows(NAME, "pilot") if r["val_loss"] is not None]
+    fig, ax = subplots(figsize=(6.5, 4.2), layout="constrained")
+    lrs = sorted({r["lr"] for r in rows})
+    for i, lr in enumerate(lrs):
+        pts = sorted((r["weight_decay"], r["val_loss"]) for r in rows if r["lr"] == lr)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=f"C{i}", label=f"lr {lr:g}")
+    best = min(rows, key=lambda r: r["val_loss"])
+    ax.set(xscale="log", xlabel="weight decay", ylabel="validation loss", ylim=(best["val_loss"] - 0.05, 4.3),
+           title="Pilot at width 32 (1,000 steps): loss against WD")
+    ax.legend(fontsize=8)
+    atomic_savefig(fig, path, dpi=120)
+    return {"best": {k: best[k] for k in ("lr", "weight_decay", "val_loss", "relaxation_times")}, "runs": len(rows),
+            "loss": {f"{r['lr']:g}/{r['weight_decay']:g}": r["val_loss"] for r in rows},
+            "wall_s": lib.cpu_seconds(rows)}
+
+
 def analyze() -> list[dict[str, Any]]:
     rows_by, summaries, files = {}, {}, {}
     for name in RECIPES:
@@ -107,6 +125,7 @@ def analyze() -> list[dict[str, Any]]:
     if not summaries:
         raise ValueError(f"{NAME}: no recipe sweep has completed runs")
     figure = plot_loss_vs_lr(rows_by, summaries, lib.FIGURES / "transfer_loss_vs_lr.png")
+    pilot = pilot_summary(lib.FIGURES / "transfer_pilot.png")
     horizon = {}
     try:
         long = lib.rows(NAME, "horizon")
@@ -132,7 +151,7 @@ def analyze() -> list[dict[str, Any]]:
              "schedule": "wsd (warmup 50, last 20% decays to 0.1x)", "seeds": sorted({r["seed"] for r in all_rows}),
              "recipes": list(summaries), "runs": {n: len(r) for n, r in rows_by.items()},
              "complete": {n: sum(r["status"] != "pending" for r in rows) for n, rows in rows_by.items()}}
-    wall = lib.cpu_seconds(all_rows)
+    wall = lib.cpu_seconds(all_rows) + pilot["wall_s"]
     record = lib.claim(
         claim="transfer_robust_vs_mup",
         statement="Under AdamW, matrix-like weights with lr ~ 1/width and wd ~ sqrt(width) (vector-like: constant "
@@ -140,10 +159,12 @@ def analyze() -> list[dict[str, Any]]:
                   "constant WD does not.",
         source="arXiv 2510.15262, section 4 (zero-shot LR/WD transfer, proxy 512 -> 4096)",
         measured=slope.get("slope", math.nan), interval=ci, expected=0.0, holds=holds,
-        figures=[lib.rel(figure)] + [lib.rel(p) for p in files.values()], command=COMMAND, setup=setup, wall_s=wall,
+        figures=[lib.rel(figure), lib.rel(lib.FIGURES / "transfer_pilot.png")] + [lib.rel(p) for p in files.values()],
+        command=COMMAND, setup=setup, wall_s=wall,
         also={"measured_is": "robust: exponent of the optimal base LR against width (0: it transfers), 90% "
-                             "bootstrap interval", "verdicts": verdicts, "families": summaries, "horizon": horizon},
+                             "bootstrap interval", "verdicts": verdicts, "families": summaries, "horizon": horizon,
+              "pilot": pilot},
     )
-    lib.write_json(lib.RESULTS / f"{NAME}.json", {"families": summaries, "horizon": horizon})
+    lib.write_json(lib.RESULTS / f"{NAME}.json", {"families": summaries, "horizon": horizon, "pilot": pilot})
     return [record]
 
