@@ -70,16 +70,37 @@ def test_a_trained_run_beats_an_untrained_model_on_both_tasks(trained, untrained
     assert set(line["metrics"]) == {"acc", "acc_norm", "acc_mutual_info"}
 
 
-def test_limit_list_and_refusals(trained, capsys):
-    assert main(["eval", str(trained), "--tasks", "shakespeare_next_line", "--limit", "8"]) == 0
-    assert read_eval(trained)["tasks"]["shakespeare_next_line"]["n"] == 8
+@pytest.fixture(scope="module")
+def random_hf(tmp_path_factory) -> Path:
+    """A random tiny Llama with the bundled corpus's tokenizer, as an HF folder (no training)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from widthwise.app.config import load_config
+    from widthwise.app.export import hf_tokenizer
+    from widthwise.app.setup import load_data
+
+    tokenizer = hf_tokenizer(load_data(load_config("tiny")).tokenizer)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=64))
+    out = tmp_path_factory.mktemp("random") / "hf"
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def test_limit_list_and_refusals(random_hf, capsys):
+    assert main(["eval", str(random_hf), "--tasks", "shakespeare_next_line", "--limit", "8"]) == 0
+    result = json.loads(random_hf.with_name("hf.eval.json").read_text())
+    assert result["limit"] == 8 and result["tasks"]["shakespeare_next_line"]["n"] == 8
     capsys.readouterr()
     assert main(["eval", "--list"]) == 0
     out = capsys.readouterr().out
     assert "shakespeare_cloze" in out and "shakespeare_next_line" in out
-    for argv, needle in ((["eval", str(trained), "--tasks", "no_such_task"], "unknown task 'no_such_task'"),
-                         (["eval", str(trained / "nope"), "--tasks", TASKS], "no such run directory"),
-                         (["eval", str(trained)], "--tasks")):
+    for argv, needle in ((["eval", str(random_hf), "--tasks", "no_such_task"], "unknown task 'no_such_task'"),
+                         (["eval", str(random_hf.parent / "nope"), "--tasks", TASKS], "no such run directory"),
+                         (["eval", str(random_hf.parent), "--tasks", TASKS], "neither a widthwise run directory"),
+                         (["eval", str(random_hf)], "--tasks")):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert needle in err and err.count("\n") == 1

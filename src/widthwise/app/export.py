@@ -268,6 +268,9 @@ def export_run(run_dir: Path, out: Path, step: int | None = None) -> dict[str, A
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise RunError(f"export --out {out}: already exists and is not empty; choose another folder")
     hf, tok, facts = _run_model(run, step)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one "Writing model shards" bar for a single file says nothing
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
