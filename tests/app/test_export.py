@@ -155,6 +155,14 @@ def test_refusals_are_one_line_and_exit_2(untied, tmp_path, capsys):
     assert "non-finite weights" in err and "up_proj" in err
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()
 
+    moved = tmp_path / "moved"  # the data split changed under the run: the tokenizer would not be the run's
+    shutil.copytree(untied, moved)
+    text = (moved / "config.yaml").read_text()
+    assert "  split_seed: 0\n" in text
+    (moved / "config.yaml").write_text(text.replace("  split_seed: 0\n", "  split_seed: 7\n", 1))
+    assert main(["export", str(moved), "--out", str(tmp_path / "o4")]) == 2
+    assert "data or tokenizer changed" in capsys.readouterr().err
+
     with pytest.raises(ww.errors.RunError, match="neither a widthwise run directory"):
         ww.load_model(tmp_path)
 

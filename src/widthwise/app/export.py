@@ -165,8 +165,9 @@ def _checked_config(run: RunDir) -> Config:
                                           "train.device=cpu"])
 
 
-def _trained_model(run: RunDir, step: int | None) -> tuple[Any, Config, int]:
-    """The run's model at its latest checkpoint (or ``step``), on the CPU in fp32, and the checkpoint's step."""
+def _trained_model(run: RunDir, step: int | None) -> tuple[Any, Config, int, str | None]:
+    """The run's model at its latest checkpoint (or ``step``), on the CPU in fp32, the checkpoint's step and the
+    fingerprint of the data (and tokenizer) it was trained on."""
     config = _checked_config(run)
     ckpt = run.checkpoint(step)
     if ckpt is None:
@@ -183,7 +184,7 @@ def _trained_model(run: RunDir, step: int | None) -> tuple[Any, Config, int]:
     if unexpected or set(missing) - shared:
         raise ExportError(f"export {run.path}: checkpoint step {ckpt.step} does not fit the run's model "
                           f"({(unexpected or sorted(set(missing) - shared))[0]!r})")
-    return model.eval(), config, ckpt.step
+    return model.eval(), config, ckpt.step, ckpt.state.get("data_fingerprint")
 
 
 def _to_hf(model: nn.Module) -> PreTrainedModel:
@@ -215,7 +216,7 @@ def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def _run_model(run: RunDir, step: int | None) -> tuple[PreTrainedModel, Any, dict[str, Any]]:
     """The run's plain HF model (checked against the run's own logits), its tokenizer and the card's facts."""
-    model, config, at = _trained_model(run, step)
+    model, config, at, fingerprint = _trained_model(run, step)
     vocab = run.resolved()["model"]["vocab_size"]
     ids = torch.randint(0, vocab, PROBE_SHAPE, generator=torch.Generator().manual_seed(0))
     expected = _logits(model, ids)
@@ -226,6 +227,9 @@ def _run_model(run: RunDir, step: int | None) -> tuple[PreTrainedModel, Any, dic
         raise ExportError(f"export {run.path}: the plain model's logits differ from the run's by {diff:.2g} "
                           f"(relative; the limit is {TOLERANCE:g}); this model cannot be expressed exactly")
     data = load_data(config)
+    if fingerprint is not None and fingerprint != data.fingerprint:
+        raise ExportError(f"export {run.path}: the run's data or tokenizer changed since checkpoint step {at} was "
+                          "written (fingerprints differ), so its tokenizer cannot be exported with it")
     facts = {"step": at, "logit_difference": diff, "config": config, "summary": run.summary() or {},
              "resolved": run.resolved(), "eos_id": data.eos_id}
     eos = data.eos_id
