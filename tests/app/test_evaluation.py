@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -65,8 +66,10 @@ def test_a_trained_run_beats_an_untrained_model_on_both_tasks(trained, untrained
     assert cloze["metric"] == "perplexity" and not cloze["higher_is_better"]
     assert cloze["value"] < base["shakespeare_cloze"]["value"] / 10
     assert line["metric"] == "acc_mutual_info" and line["higher_is_better"]
-    assert line["value"] > base["shakespeare_next_line"]["value"] + 3 * line["stderr"]
-    assert line["value"] > 0.25 + 3 * line["stderr"]  # above chance among 4
+    other = base["shakespeare_next_line"]
+    # Two-sample z > 2.5 (measured here: 0.33-0.34 trained, fp32 or bf16, against about 0.24; stderr about 0.02 each).
+    assert line["value"] - other["value"] > 2.5 * math.hypot(line["stderr"], other["stderr"])
+    assert line["value"] > 0.25 + 2.5 * line["stderr"]  # above chance among 4
     assert set(line["metrics"]) == {"acc", "acc_norm", "acc_mutual_info"}
 
 
