@@ -137,17 +137,18 @@ def test_sigkill_of_a_rank_ends_the_job_and_resume_is_exact(runs, tmp_path):
     assert [r["train_loss"] for r in resumed] == [r["train_loss"] for r in whole]  # bit for bit
 
 
-def test_a_two_rank_run_resumes_in_one_process(runs, tmp_path):
+@pytest.mark.parametrize(("name", "single"), [("fsdp", "one"), ("muon_fsdp", "muon_one")])
+def test_a_two_rank_run_resumes_in_one_process(runs, tmp_path, name, single):
     import shutil
 
     run = tmp_path / "single"
-    shutil.copytree(runs["fsdp"], run)
+    shutil.copytree(runs[name], run)
     (run / "summary.json").unlink()  # as if stopped after the checkpoint of step 10
     for step in (15, 20):
         shutil.rmtree(run / "checkpoints" / f"step_{step:08d}", ignore_errors=True)
     (run / "checkpoints" / "latest").write_text("step_00000010\n")
     _done(_train(run, 1, resume=True))
-    resumed, one = read_metrics(run / "metrics.jsonl"), read_metrics(runs["one"] / "metrics.jsonl")
+    resumed, one = read_metrics(run / "metrics.jsonl"), read_metrics(runs[single] / "metrics.jsonl")
     assert [r["step"] for r in resumed] == list(range(1, 21))
     for a, b in zip(one[10:], resumed[10:], strict=True):
         assert _close(a["train_loss"], b["train_loss"]), (a["step"], a["train_loss"], b["train_loss"])
