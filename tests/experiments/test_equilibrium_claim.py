@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from experiments.equilibrium import analyze as equilibrium
 
 from experiments import lib
-from experiments.equilibrium import analyze as equilibrium
 from widthwise.app.sweep.driver import run_sweep
 from widthwise.app.sweep.spec import parse_sweep
 from widthwise.app.sweep.store import read_results
