@@ -164,3 +164,19 @@ def test_bad_input_is_one_line_on_every_rank_and_nothing_is_overwritten(runs):
     assert len(lines) == 2 and all("already exists and is not empty" in line for line in lines), err[-2000:]
     assert not re.search(r"\[rank\d\]: Traceback", err)  # none from the ranks (torchrun prints its own)
     assert (runs["one"] / "metrics.jsonl").read_bytes() == before
+
+
+def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step_with_a_checkpoint(tmp_path):
+    run = tmp_path / "stopped"
+    proc = _train(run, 2, "train.parallel=ddp")
+    latest = run / "checkpoints" / "latest"
+    deadline = time.monotonic() + 240
+    while not latest.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    rank1 = _rank_pid(proc.pid, 1)
+    assert rank1 is not None and proc.poll() is None, "the job ended before it could be signalled"
+    os.kill(rank1, signal.SIGTERM)  # rank 0 is not signalled: it learns it from rank 1
+    proc.communicate(timeout=240)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and 5 <= summary["steps"] < 20
+    assert latest.read_text().strip() == f"step_{summary['steps']:08d}"

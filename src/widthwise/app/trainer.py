@@ -275,8 +275,7 @@ class _Loop:
         """Train to ``train.steps``: the status (completed, diverged, interrupted) and exit code."""
         session, progress, t = self.session, self.progress, self.session.config.train
         bar = tqdm(total=t.steps, initial=session.step, disable=not (t.progress and session.dist.main) or None,
-                   unit="step",
-                   dynamic_ncols=True, file=sys.stderr, desc="train")
+                   unit="step", dynamic_ncols=True, file=sys.stderr, desc="train")
         try:
             with logging_redirect_tqdm([logging.getLogger("widthwise")]):
                 while session.step < t.steps:
@@ -288,9 +287,10 @@ class _Loop:
                     bar.update(1)
                     if session.step % t.checkpoint_every == 0 or session.step == t.steps:
                         self.save()
-                    if session.dist.any(progress.stop_requested is not None) and not progress.stop_requested:
-                        progress.stop_requested = "another rank's signal"
-                    if progress.stop_requested and session.step < t.steps:
+                    agree = session.step % t.log_every == 0 or session.step % t.checkpoint_every == 0
+                    if agree and session.dist.any(progress.stop_requested is not None) and not progress.stop_requested:
+                        progress.stop_requested = "another rank's signal"  # every rank stops at the same step
+                    if progress.stop_requested and session.step < t.steps and (agree or not session.dist.active):
                         bar.close()
                         if session.step % t.checkpoint_every != 0:
                             self.save()
