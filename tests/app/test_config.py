@@ -110,7 +110,7 @@ def test_unknown_config_and_missing_file(tmp_path):
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("model: {width: [\n", "bad.yaml line .*not valid YAML"),
+        ("model: {width: [\n", "bad.yaml: not valid YAML at line 2"),
         ("- 1\n- 2\n", "expected a mapping of sections"),
         ("model: 3\n", "model: expected a mapping"),
         ("model: {width: 64, colour: red}\n", "unknown key model.colour"),

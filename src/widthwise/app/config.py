@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -35,6 +36,7 @@ from ..recipes import PRESETS
 from ..rules import MUON_ADJUST_LR_FNS
 from ..schedules import SCHEDULES
 from . import configs
+from .inputs import load_yaml, read_text_file
 
 #: ``multipliers.kind`` values: no multipliers, or one of the parametrization's kinds.
 MULTIPLIER_CHOICES = ("none", *MULTIPLIER_KINDS)
@@ -405,24 +407,13 @@ def yaml_line(err: yaml.YAMLError, prefix: str = " at line") -> str:
 
 def _read_source(source: str) -> dict[str, Any]:
     path = Path(source)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.is_file():
-            raise ConfigError(f"config file {source} does not exist")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as err:
-            raise ConfigError(f"config {source}: not UTF-8 text (invalid byte at offset {err.start})") from None
-        except OSError as err:
-            raise ConfigError(f"config {source}: cannot read it ({err.strerror or err})") from None
+    if path.suffix in (".yaml", ".yml") or os.path.lexists(path):
+        text = read_text_file(path, f"config {source}")
     elif source in builtin_names():
         text = resources.files("widthwise.app.configs").joinpath(f"{source}.yaml").read_text(encoding="utf-8")
     else:
         raise ConfigError(f"unknown config {source!r}: not a file and not a built-in ({', '.join(builtin_names())})")
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config {source}{yaml_line(err, ' line')}: not valid YAML "
-                          f"({getattr(err, 'problem', err)})") from None
+    data = load_yaml(text, f"config {source}")
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -533,10 +524,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key:
         raise ConfigError(f"--set {text!r}: expected section.key=value")
     _split_key(key)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
+    value = load_yaml(raw, f"--set {key}", raw_if_invalid=True) if raw.strip() else ""
     return key, value
 
 

@@ -24,7 +24,8 @@ import yaml
 from ..errors import ConfigError, RunError
 from .atomic import atomic_write_text
 from .checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
-from .config import Config, from_dict, yaml_line
+from .config import Config, from_dict
+from .inputs import load_yaml
 from .metrics import MetricsLog, json_safe, read_metrics
 
 if TYPE_CHECKING:
@@ -134,13 +135,14 @@ class RunDir:
     def _data(self) -> dict[str, Any]:
         if self._stored is None:
             try:
-                data = yaml.safe_load(self.config_file.read_text(encoding="utf-8"))
+                text = self.config_file.read_text(encoding="utf-8")
+                data = load_yaml(text, "config.yaml", RunError)
             except FileNotFoundError:
                 raise RunError(f"{self.what} {self.path}: no config.yaml, not a widthwise run directory") from None
             except (OSError, UnicodeDecodeError) as err:
                 raise self._corrupt("config.yaml", f"unreadable: {err.__class__.__name__}") from None
-            except yaml.YAMLError as err:
-                raise self._corrupt("config.yaml", f"not valid YAML{yaml_line(err)}") from None
+            except RunError as err:
+                raise self._corrupt("config.yaml", str(err).removeprefix("config.yaml: ")) from None
             if not isinstance(data, dict):
                 raise self._corrupt("config.yaml", "not a mapping of sections")
             if not isinstance(data.get("resolved", {}), dict):

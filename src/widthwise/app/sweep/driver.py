@@ -33,6 +33,7 @@ from ...errors import EXIT_BAD_INPUT, EXIT_BUSY, EXIT_DIVERGED, EXIT_FAILED, EXI
 from ...models.llama import Llama
 from ..atomic import atomic_write_text
 from ..config import Config, apply_overrides
+from ..inputs import load_yaml, read_text_file
 from ..runtime import auto_compile, bf16_fast, estimated_step_s, numerics_cache_path, numerics_label
 from ..setup import config_device, load_data, load_recipe, model_configs
 from .executors import Job, check_executor, make_executor
@@ -67,8 +68,10 @@ def prepare_sweep_dir(spec: SweepSpec, out: Path) -> None:
     stored_file = out / "sweep.yaml"
     if stored_file.is_file():
         try:
-            stored = parse_sweep(yaml.safe_load(stored_file.read_text(encoding="utf-8")), out, str(stored_file))
-        except (yaml.YAMLError, SweepError) as err:
+            where = str(stored_file)
+            stored = parse_sweep(load_yaml(read_text_file(stored_file, where, SweepError), where, SweepError), out,
+                                 where)
+        except SweepError as err:
             raise SweepError(f"--out {out}: its sweep.yaml is corrupt ({err})") from None
         if not stored.same_experiment(spec):
             raise SweepError(f"--out {out}: holds a sweep with another base, set or grid keys ({stored_file}); "

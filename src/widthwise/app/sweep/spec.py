@@ -19,16 +19,16 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ...errors import ConfigError, SweepError
-from ..config import Config, apply_overrides, builtin_names, config_keys, load_config, parse_override, yaml_line
+from ..config import Config, apply_overrides, builtin_names, config_keys, load_config, parse_override
+from ..inputs import load_yaml, read_text_file
 from ..setup import at_width, plan_for
 
 SWEEP_KEYS = ("base", "grid", "set", "seeds")
@@ -73,14 +73,9 @@ class Point:
 def load_sweep(path: str | Path) -> SweepSpec:
     """Read and check a sweep file (:class:`SweepError` naming the file and field otherwise)."""
     path = Path(path)
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise SweepError(f"{path}: no such sweep file")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise SweepError(f"{path}: not valid YAML{yaml_line(err)}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise SweepError(f"{path}: cannot read it ({err})") from None
+    data = load_yaml(read_text_file(path, f"sweep file {path}", SweepError), f"sweep file {path}", SweepError)
     return parse_sweep(data, path.parent, str(path))
 
 
