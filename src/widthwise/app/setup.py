@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import re
 import warnings
 from collections.abc import Callable, Mapping
@@ -14,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
 from ..clipping import clip_grad_norm_
@@ -30,6 +30,7 @@ from ..schedules import lr_schedule
 from .config import Config, apply_overrides
 from .data import TokenData, prepare_data
 from .defaults import default_cache_dir
+from .inputs import load_yaml, read_text_file
 from .runtime import resolve_device, resolve_ns_dtype
 
 
@@ -75,13 +76,8 @@ def load_recipe(config: Config) -> Recipe:
     name = config.scaling.recipe
     source: str | Mapping[str, Any] = name
     if name.endswith((".yaml", ".yml", ".json")):
-        path = Path(name)
-        if not path.is_file():
-            raise ConfigError(f"scaling.recipe: recipe file {name} does not exist")
-        try:
-            source = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError:
-            raise ConfigError(f"scaling.recipe: {name} is not valid YAML/JSON") from None
+        where = f"scaling.recipe: recipe file {name}"
+        source = load_yaml(read_text_file(Path(name), where), where)  # JSON is YAML
         if isinstance(source, Mapping) and "recipe" in source:  # a file `widthwise calibrate` wrote
             source = source["recipe"]
     try:
@@ -242,12 +238,40 @@ def plan_for(config: Config, vocab_size: int) -> Plan:
     return _planned_models(config, vocab_size, meta=True)[-1]
 
 
+#: Bytes a trained parameter takes at least: its fp32 value, gradient and two AdamW moments.
+BYTES_PER_PARAMETER = 16
+
+
+def device_memory(device: torch.device) -> int:
+    """Bytes of memory on ``device``: the GPU's total, else this machine's physical memory."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[1]
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_fits(config: Config, vocab_size: int, device: torch.device) -> None:
+    """Refuse, from the meta model's parameter count, a model whose training state cannot fit in ``device``'s
+    memory (:data:`BYTES_PER_PARAMETER` each), before anything is allocated."""
+    model_cfg, _ = model_configs(config, vocab_size, load_recipe(config))
+    try:
+        with torch.device("meta"):
+            count = sum(p.numel() for p in new_model(config, model_cfg).parameters())
+    except (RuntimeError, OverflowError):  # sizes past int64 overflow even on the meta device
+        raise ConfigError(f"model.width: {config.model.width} is too large for any tensor (sizes overflow)") from None
+    need, have = count * BYTES_PER_PARAMETER, device_memory(device)
+    if need > have:
+        raise ConfigError(f"model.width: {config.model.width} (depth {config.model.depth}) makes {count:,} parameters, "
+                          f"{need / 2**30:,.1f} GiB to train, more than the {have / 2**30:,.1f} GiB of {device.type} "
+                          "memory; choose a smaller model")
+
+
 def build(config: Config, vocab_size: int, device: torch.device,
           wrap: Callable[[Llama], Any] | None = None) -> Built:
     """Model (initialised by the plan, seeded by ``train.seed``), plan, optimizer and LR schedule.
 
     ``wrap`` (FSDP2's sharding, in place) runs on the planned, initialised model before the optimizer is built.
     """
+    check_fits(config, vocab_size, device)
     model, model_cfg, declared_cfg, base_cfg, recipe, names, the_plan = _planned_models(config, vocab_size)
     init_weights(model, the_plan, generator=torch.Generator().manual_seed(config.train.seed),
                  forward_multipliers=config.model.family == "hf")
