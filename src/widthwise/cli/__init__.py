@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 from .. import __version__
 from ..app.console import setup_logging
-from ..errors import EXIT_BAD_INPUT, WidthwiseError
+from ..errors import EXIT_BAD_INPUT, EXIT_FAILED, WidthwiseError
 from .args import Parser
 
 #: The command modules, in the order ``--help`` lists them.
@@ -33,15 +36,49 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run a command; a :class:`WidthwiseError` is one line on stderr and exit code 2."""
+    """Run a command. A :class:`WidthwiseError`, or an ``OSError`` on a named file (no space, read-only, not a
+    directory), is one line on stderr and exit code 2; any other exception is one line with the file its full
+    traceback was written to, and exit code 1. Never a bare traceback."""
     args = build_parser().parse_args(argv)
     setup_logging()
     try:
         return args.run(args)
     except WidthwiseError as err:
-        message = " ".join(str(err).split())  # one line, whatever the message
-        print(f"widthwise: error: {message}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _fail(str(err), EXIT_BAD_INPUT)
+    except OSError as err:
+        if err.filename is None:
+            return _fail(f"internal error: {_crash(err)}", EXIT_FAILED)
+        where = err.filename if err.filename2 is None else f"{err.filename} -> {err.filename2}"
+        return _fail(f"{where}: {err.strerror or err}", EXIT_BAD_INPUT)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as err:  # a bug or a resource limit: one line, the traceback in a file
+        return _fail(f"internal error: {_crash(err)}", EXIT_FAILED)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"widthwise: error: {' '.join(message.split())}", file=sys.stderr)  # one line, whatever the message
+    return code
+
+
+def _crash(err: BaseException) -> str:
+    """``Type: message (traceback in FILE)``: the traceback written under the cache's ``crashes/``."""
+    import time
+    import traceback
+
+    from ..app.defaults import default_cache_dir
+
+    text = "".join(traceback.format_exception(err))
+    summary = f"{type(err).__name__}: {str(err)[:300]}"
+    for folder in (default_cache_dir() / "crashes", Path(tempfile.gettempdir())):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"widthwise-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+            path.write_text(" ".join(sys.argv) + "\n" + text, encoding="utf-8")
+            return f"{summary} (traceback in {path})"
+        except OSError:
+            continue
+    return f"{summary} (traceback not written: no writable folder)"
 
 
 if __name__ == "__main__":
