@@ -42,7 +42,7 @@ def _train(out: Path, nproc: int, *overrides: str, resume: bool = False) -> subp
 def _done(proc: subprocess.Popen) -> str:
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
-    return out
+    return out + err
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +147,9 @@ def test_a_two_rank_run_resumes_in_one_process(runs, tmp_path, name, single):
     for step in (15, 20):
         shutil.rmtree(run / "checkpoints" / f"step_{step:08d}", ignore_errors=True)
     (run / "checkpoints" / "latest").write_text("step_00000010\n")
-    _done(_train(run, 1, resume=True))
+    printed = _done(_train(run, 1, resume=True))
+    assert "written by 2 processes, resumed by 1" in printed
+    assert "1 process (train.parallel=fsdp takes effect under torchrun)" in printed
     resumed, one = read_metrics(run / "metrics.jsonl"), read_metrics(runs[single] / "metrics.jsonl")
     assert [r["step"] for r in resumed] == list(range(1, 21))
     for a, b in zip(one[10:], resumed[10:], strict=True):

@@ -181,6 +181,8 @@ def _train(config: Config, run: RunDir, stored: Config | None, d: Distributed) -
                          session.built.plan.table(config.optim.lr, config.optim.weight_decay,
                                                   muon_lr=config.optim.muon_lr))
     ranks = f", {d.world_size} processes ({d.parallel})" if d.active else ""
+    if not d.active and d.parallel != "none":
+        ranks = f", 1 process (train.parallel={d.parallel} takes effect under torchrun)"
     logger.info(f"{'resuming' if ckpt else 'training'} {run.path} from step {session.step}: "
                 f"{session.model.num_parameters(exclude_embedding=False) / 1e6:.2f}M parameters, recipe "
                 f"{session.built.recipe.name}, multipliers {config.multipliers.kind}, {config.optim.name}, "
