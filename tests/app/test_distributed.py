@@ -182,3 +182,25 @@ def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step_with_a_checkpoint
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "interrupted" and 5 <= summary["steps"] < 20
     assert latest.read_text().strip() == f"step_{summary['steps']:08d}"
+
+
+def test_a_rank_that_stops_answering_ends_the_job_with_one_line(tmp_path):
+    run = tmp_path / "hung"
+    proc = _train(run, 2, "train.parallel=ddp", "train.dist_timeout_s=10", "diagnostics.every=null")
+    latest = run / "checkpoints" / "latest"
+    deadline = time.monotonic() + 240
+    while not latest.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    rank0, rank1 = _rank_pid(proc.pid, 0), _rank_pid(proc.pid, 1)
+    assert rank0 is not None and rank1 is not None and proc.poll() is None
+    os.kill(rank1, signal.SIGSTOP)  # alive, but it answers no collective
+    try:
+        deadline = time.monotonic() + 120
+        while Path(f"/proc/{rank0}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not Path(f"/proc/{rank0}").exists(), "rank 0 hung"
+    finally:
+        os.kill(rank1, signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert "rank 0: lost the other ranks" in err and "train.dist_timeout_s=10 s" in err, err[-3000:]

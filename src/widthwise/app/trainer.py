@@ -27,7 +27,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..diagnostics.monitor import TrainingDiagnostics
 from ..diagnostics.multiplier_stats import multiplier_stats
-from ..errors import EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_OK, ConfigError
+from ..errors import EXIT_DIVERGED, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, ConfigError
 from ..schedules import ScheduleRatio
 from .checkpoint import Checkpoint
 from .config import Config, apply_overrides, config_keys
@@ -62,7 +62,7 @@ def start(config: Config, out: Path) -> Result:
     Under torchrun every rank calls it (``train.parallel``: ddp or fsdp); rank 0 writes the run directory.
     """
     t = config.train
-    with process_group(t.parallel, t.dist_timeout_s, t.device) as d:
+    with process_group(t.parallel, t.dist_timeout_s, t.device) as d, _lost_ranks(d, t.dist_timeout_s):
         run = d.agree(lambda: RunDir.create(out, "--out"), lambda: RunDir(out, "--out"))
         return _train(config, run, stored=None, d=d)
 
@@ -76,8 +76,24 @@ def resume(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> Result
         if key not in RESUMABLE_KEYS:
             raise ConfigError(f"--set {key}: cannot change on resume (only {', '.join(RESUMABLE_KEYS)})")
     t = config.train
-    with process_group(t.parallel, t.dist_timeout_s, t.device) as d:
+    with process_group(t.parallel, t.dist_timeout_s, t.device) as d, _lost_ranks(d, t.dist_timeout_s):
         return _train(config, run, stored, d)
+
+
+@contextmanager
+def _lost_ranks(d: Distributed, timeout_s: float) -> Iterator[None]:
+    """A collective that fails (another rank died, or did not answer within ``timeout_s``) ends this rank with
+    one line and :data:`EXIT_FAILED`, not a traceback."""
+    try:
+        yield
+    except RuntimeError as err:
+        text = str(err)
+        if not d.active or not any(word in text for word in ("gloo", "NCCL", "c10d", "Connection")):
+            raise
+        cause = text.split("]", 1)[-1].strip().split(". ")[0]
+        logger.error(f"rank {d.rank}: lost the other ranks ({cause}): one died or did not answer within "
+                     f"train.dist_timeout_s={timeout_s:g} s; continue from the last checkpoint with --resume")
+        raise SystemExit(EXIT_FAILED) from None
 
 
 def _changed_keys(a: Config, b: Config) -> list[str]:
