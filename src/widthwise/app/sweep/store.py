@@ -13,6 +13,7 @@ import json
 import math
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,11 @@ _COLUMNS = {
     # schema 2: what the run computed with, and how far it got towards the AdamW noise equilibrium
     "numerics": "TEXT", "relaxation_times": "REAL", "relaxation_groups": "TEXT",
 }
+#: The columns added after schema 1 (a schema-1 database gains them on opening).
+_ADDED = ("numerics", "relaxation_times", "relaxation_groups")
 _JSON = ("params", "config", "layer_types", "relaxation_groups")
+#: What every row must hold for the sweep's readers.
+_REQUIRED = ("run_id", "name", "params", "config", "status")
 #: What a worker's result may set (``collect_result``'s keys).
 RESULT_KEYS = ("status", "val_loss", "final_train_loss", "tokens", "steps", "wall_s", "tokens_per_s", "sigma_max",
                "gain", "layer_types", "error", "numerics", "relaxation_times", "relaxation_groups")
@@ -47,10 +52,43 @@ def db_path(sweep_dir: Path) -> Path:
 class ResultsDB:
     """The ``runs`` table of a sweep. Every write is its own committed transaction."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, readonly: bool = False) -> None:
+        """Open (creating or migrating) ``path``; ``readonly``: open it as it is, changing nothing.
+
+        A file that is not SQLite, or a database whose tables are not a sweep's, is a :class:`SweepError`
+        (and is left untouched)."""
         self.path = Path(path)
-        self.conn = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
-        self.conn.row_factory = sqlite3.Row
+        try:
+            if readonly:
+                uri = f"file:{urllib.parse.quote(str(self.path.resolve()))}?mode=ro"
+                self.conn = sqlite3.connect(uri, uri=True, timeout=60, isolation_level=None)
+            else:
+                self.conn = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
+            self.conn.row_factory = sqlite3.Row
+            self._check_schema()
+            if not readonly:
+                self._create()
+        except (sqlite3.DatabaseError, SweepError) as err:
+            if hasattr(self, "conn"):
+                self.conn.close()
+            if isinstance(err, SweepError):
+                raise
+            raise SweepError(f"{self.path} is unreadable, not an SQLite database ({err})") from None
+
+    def _check_schema(self) -> None:
+        """A foreign database (other tables, a ``runs`` table without a sweep's columns) is refused."""
+        tables = {row[0] for row in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not tables:
+            return
+        if "runs" not in tables:
+            raise SweepError(f"{self.path}: not a widthwise results database (no table runs; it has "
+                             f"{', '.join(sorted(tables))[:100]})")
+        have = {row["name"] for row in self.conn.execute("PRAGMA table_info(runs)")}
+        missing = [name for name in _COLUMNS if name not in have and name not in _ADDED]
+        if missing:
+            raise SweepError(f"{self.path}: not a widthwise results database (table runs lacks column {missing[0]})")
+
+    def _create(self) -> None:
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=FULL")
         self.conn.execute("PRAGMA busy_timeout=60000")
@@ -75,7 +113,10 @@ class ResultsDB:
 
     def meta(self, key: str) -> str | None:
         """A sweep-wide value stored under ``key`` (``numerics``: the driver's resolved settings)."""
-        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        try:
+            row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        except sqlite3.OperationalError:  # a database of no sweep yet (or a reader's view of one): no meta table
+            return None
         return row["value"] if row else None
 
     def set_meta(self, key: str, value: str) -> None:
@@ -128,10 +169,28 @@ class ResultsDB:
         rows = []
         for row in self.conn.execute("SELECT * FROM runs ORDER BY rowid"):
             d = dict(row)
-            for key in _JSON:
-                d[key] = json.loads(d[key]) if d[key] is not None else ({} if key == "layer_types" else None)
-            rows.append(d)
+            rows.append(self._decoded(d))
         return rows
+
+    def _decoded(self, d: dict[str, Any]) -> dict[str, Any]:
+        """A row with its JSON columns decoded; a row no sweep wrote (NULLs, bad JSON, unknown status) is refused."""
+        where = f"{self.path}: row {d.get('run_id')!r}"
+        for key in _REQUIRED:
+            if not isinstance(d.get(key), str) or not d[key]:
+                raise SweepError(f"{where}: column {key} is {d.get(key)!r}, expected text; not a row a sweep wrote")
+        if d["status"] not in STATUSES:
+            raise SweepError(f"{where}: status {d['status']!r} is not one of {', '.join(STATUSES)}")
+        for key in _JSON:
+            if d.get(key) is None:
+                d[key] = {} if key == "layer_types" else None
+                continue
+            try:
+                d[key] = json.loads(d[key])
+            except (TypeError, ValueError, RecursionError):
+                raise SweepError(f"{where}: column {key} is not JSON ({str(d[key])[:40]!r})") from None
+        if not isinstance(d["params"], dict) or not isinstance(d["config"], dict):
+            raise SweepError(f"{where}: columns params and config must be JSON objects")
+        return d
 
     def counts(self) -> dict[str, int]:
         out = dict.fromkeys(STATUSES, 0)
@@ -156,10 +215,12 @@ def read_results(sweep_dir: Path) -> list[dict[str, Any]]:
         what = "no such directory" if not sweep_dir.is_dir() else "no results.db, not a widthwise sweep directory"
         raise SweepError(f"SWEEP_DIR {sweep_dir}: {what}")
     try:
-        with ResultsDB(path) as db:
+        with ResultsDB(path, readonly=True) as db:
             rows = db.rows()
     except sqlite3.DatabaseError as err:
         raise SweepError(f"SWEEP_DIR {sweep_dir}: results.db is unreadable ({err})") from None
+    except SweepError as err:
+        raise SweepError(f"SWEEP_DIR {sweep_dir}: {str(err).replace(str(path), 'results.db', 1)}") from None
     for row in rows:
         row["run_dir"] = str((sweep_dir / "runs" / row["name"]).resolve())
     return rows
