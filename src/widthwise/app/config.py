@@ -16,6 +16,7 @@ starts; the run directory's ``config.yaml`` keeps the fields as written and the 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import types
@@ -441,7 +442,7 @@ def from_dict(data: dict[str, Any]) -> Config:
 
 def _build_section(name: str, values: dict[str, Any]) -> Any:
     cls = _SECTION_TYPES[name]
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     known = {f.name for f in fields(cls)}
     kwargs = {}
     for key, value in values.items():
@@ -449,6 +450,12 @@ def _build_section(name: str, values: dict[str, Any]) -> Any:
             raise ConfigError(f"unknown key {name}.{key}; {name} has {', '.join(sorted(known))}")
         kwargs[key] = _coerce(value, hints[key], f"{name}.{key}")
     return cls(**kwargs)
+
+
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    """``typing.get_type_hints(cls)``, evaluated once per section (it compiles every annotation: slow)."""
+    return typing.get_type_hints(cls)
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:

@@ -144,7 +144,14 @@ def sweep_numerics(db: ResultsDB, points: list[Point], vocab_sizes: dict[str, in
     """The numerics this sweep runs with: those stored in ``db`` by its first driver, else resolved and stored."""
     stored = db.meta("numerics")
     if stored is not None:
-        return json.loads(stored)
+        try:
+            numerics = json.loads(stored)
+        except ValueError:
+            numerics = None
+        if not isinstance(numerics, dict):
+            raise SweepError(f"{db.path}: its stored numerics {stored[:60]!r} are not a sweep's; not a results "
+                             "database widthwise wrote")
+        return numerics
     numerics = resolve_numerics(points, vocab_sizes)
     db.set_meta("numerics", json.dumps(numerics))
     return numerics
@@ -188,7 +195,9 @@ def run_sweep(spec: SweepSpec, out: Path, *, workers: int | None = None, threads
     out = Path(out)
     started = time.perf_counter()
     check_executor(executor, address, nproc)
-    points = expand(spec)
+    points = expand(spec, progress=progress)
+    if db_path(out).exists():  # a garbage or foreign results.db is refused before anything in out is written
+        ResultsDB(db_path(out), readonly=True).close()
     prepare_sweep_dir(spec, out)
     vocab_sizes = _prepare_data(points)
     auto_workers, threads = default_workers(threads)

@@ -16,15 +16,20 @@ stable hash of its config (:func:`run_id`), so a rerun finds its runs again.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
+import math
 import os
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tqdm.auto import tqdm
 
 from ...errors import ConfigError, SweepError
 from ..config import Config, apply_overrides, builtin_names, config_keys, load_config, parse_override
@@ -158,12 +163,17 @@ def base_config(spec: SweepSpec) -> Config:
     return apply_overrides(config, spec.set) if spec.set else config
 
 
-def expand(spec: SweepSpec) -> list[Point]:
+def expand(spec: SweepSpec, progress: bool = False) -> list[Point]:
     """Every grid point (product of the grid, then seeds), each validated; :class:`ConfigError` names the point.
 
     A varied ``model.width`` keeps the head dim and query/key-value group ratio of the base config (with ``set``
     applied): heads scale with width, unless the grid varies heads too. A base config without
     ``scaling.base_width`` takes the smallest grid width as its base: the proxy whose LR and WD the grid values are.
+
+    Points are identified by their config (:func:`run_id`): two that are the same run (equal values written
+    differently, ``0.01`` and ``1e-2``, or values of runtime-only keys) are a :class:`SweepError`. The model and
+    plan are checked once per distinct shape (:func:`_build_key`), so a 10,000-point grid of LR x WD validates in
+    seconds; ``progress`` shows a bar on stderr for large grids.
     """
     config = base_config(spec)
     widths = spec.grid.get("model.width")
@@ -175,21 +185,46 @@ def expand(spec: SweepSpec) -> list[Point]:
     axes = [[(key, v) for v in values] for key, values in spec.grid.items()]
     if spec.seeds:
         axes.append([("train.seed", s) for s in spec.seeds])
-    points = []
-    for combo in itertools.product(*axes):
-        params = dict(combo)
-        try:
-            point = config
-            overrides = dict(params)
-            if "model.width" in params and not keep_heads:
-                point = at_width(point, overrides.pop("model.width"), what="grid: model.width")
-            point = apply_overrides(point, overrides)
-            _check_buildable(point)
-        except ConfigError as err:
-            raise ConfigError(f"grid point {_show(params)}: {err}") from None
-        rid = run_id(point)
-        points.append(Point(params, point, rid, run_name(params, rid)))
+    points: list[Point] = []
+    seen: dict[str, dict[str, Any]] = {}
+    checked: set[str] = set()
+    total = math.prod(len(axis) for axis in axes)
+    bar = tqdm(total=total, unit="point", desc="validating", file=sys.stderr, leave=False,
+               disable=not progress or total < 200, dynamic_ncols=True, mininterval=0.5)
+    with bar:
+        for combo in itertools.product(*axes):
+            params = dict(combo)
+            try:
+                point = config
+                overrides = dict(params)
+                if "model.width" in params and not keep_heads:
+                    point = at_width(point, overrides.pop("model.width"), what="grid: model.width")
+                point = apply_overrides(point, overrides)
+                key = _build_key(point)
+                if key not in checked:
+                    _check_buildable(point)
+                    checked.add(key)
+            except ConfigError as err:
+                raise ConfigError(f"grid point {_show(params)}: {err}") from None
+            rid = run_id(point)
+            if rid in seen:
+                raise SweepError(f"grid points {_show(seen[rid])} and {_show(params)} are the same run (equal values "
+                                 "written differently, or values of runtime-only keys); drop one of them")
+            seen[rid] = params
+            points.append(Point(params, point, rid, run_name(params, rid)))
+            bar.update(1)
     return points
+
+
+def _build_key(config: Config) -> str:
+    """What :func:`_check_buildable` depends on: the model, scaling and multiplier sections, the optimizer's kind,
+    the sequence length and the vocabulary; points equal in these (an LR x WD grid) are checked once."""
+    data = config.to_dict()
+    used = {name: data[name] for name in ("model", "scaling", "multipliers")}
+    used["optim"] = {k: data["optim"][k] for k in ("name", "adjust_lr_fn")}
+    used["train"] = {"seq_len": data["train"]["seq_len"]}
+    used["data"] = {"vocab_size": data["data"]["vocab_size"]}
+    return json.dumps(used, sort_keys=True, default=str)
 
 
 def _check_buildable(config: Config) -> None:
@@ -201,12 +236,17 @@ def _show(params: Mapping[str, Any]) -> str:
     return "{" + ", ".join(f"{k}: {v}" for k, v in params.items()) + "}"
 
 
+@functools.cache
+def _defaults() -> dict[str, Any]:
+    return Config().to_dict()
+
+
 def run_id(config: Config) -> str:
     """12 hex digits of the SHA-256 of the config's non-default fields without :data:`RUNTIME_KEYS`: the same
     point, the same id. Fields at their default are left out, so a widthwise that adds a config field (at a
     default that changes nothing) still finds the runs of a sweep started before it."""
     data = config.to_dict()
-    defaults = Config().to_dict()
+    defaults = _defaults()
     for section, values in data.items():
         for name in [n for n, v in values.items() if n in defaults[section] and defaults[section][n] == v]:
             del values[name]
