@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -193,6 +194,26 @@ def check_executor(name: str, address: str | None, nproc: int = 1) -> None:
     if nproc > 1 and name != "local":
         raise SweepError("--nproc: several processes per run run on the local executor only (on Ray, see "
                          "docs/limitations.md)")
+    if address and address not in ("auto", "local"):
+        check_reachable(address)
+
+
+#: Seconds :func:`check_reachable` waits for a Ray cluster's address to accept a connection.
+RAY_CONNECT_TIMEOUT_S = 10.0
+
+
+def check_reachable(address: str, timeout: float = RAY_CONNECT_TIMEOUT_S) -> None:
+    """A ``HOST:PORT`` or ``ray://HOST:PORT`` that accepts a TCP connection within ``timeout`` seconds; else a
+    :class:`SweepError` (Ray itself would keep retrying an unreachable address for minutes)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SweepError(f"--address {address!r}: expected HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as err:
+        why = "timed out" if isinstance(err, TimeoutError) else (err.strerror or str(err))
+        raise SweepError(f"--address {address}: cannot reach a Ray cluster there ({why}, waited up to "
+                         f"{timeout:.0f} s)") from None
 
 
 def make_executor(name: str, workers: int, threads: int, address: str | None = None,
