@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import RunError
 from .args import Subparsers, add_overrides, int_list, name_list, positive_int
 
 
@@ -30,6 +31,7 @@ def add_parser(sub: Subparsers) -> None:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: auto (CUDA if any)")
     add_overrides(p, "override a field of the base config (repeatable)")
     p.add_argument("--no-plot", action="store_true", help="JSON only")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out file (and its plot)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 
@@ -37,6 +39,10 @@ def add_parser(sub: Subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..app.bench import bench_plan, run_bench, table
 
+    targets = [args.out] if args.no_plot else [args.out, args.out.with_suffix(".png")]
+    existing = next((p for p in targets if p.is_file() or p.is_symlink()), None)
+    if existing is not None and not args.force:  # checked before minutes of measuring, not after
+        raise RunError(f"--out: {existing} exists; pass --force to overwrite it")
     plan = bench_plan(args.quick, widths=args.widths, modes=args.modes, batch_size=args.batch_size,
                       seq_len=args.seq_len, reps=args.reps, rounds=args.rounds, config=args.config)
     report = run_bench(plan, args.out, threads=args.threads, device=args.device, overrides=args.overrides,
