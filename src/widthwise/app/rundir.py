@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from ..errors import ConfigError, RunError
+from ..errors import CheckpointError, ConfigError, RunError
 from .atomic import atomic_write_text
 from .checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import Config, from_dict
@@ -244,7 +244,11 @@ class RunDir:
     def checkpoint(self, step: int | None = None) -> Checkpoint | None:
         """The latest checkpoint (``None`` if the run wrote none yet), or the one at ``step`` (absent: RunError)."""
         if step is None:
-            path = latest_checkpoint(self.checkpoints_dir)
+            try:
+                path = latest_checkpoint(self.checkpoints_dir)
+            except UnicodeDecodeError as err:  # the pointer holds a folder name: UTF-8 text
+                raise CheckpointError(f"{self.checkpoints_dir / 'latest'}: not UTF-8 text (invalid byte at offset "
+                                      f"{err.start}), not a checkpoint pointer") from None
             return None if path is None else load_checkpoint(path)
         path = self.checkpoints_dir / f"step_{step:08d}"
         if not path.is_dir():
