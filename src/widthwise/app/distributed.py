@@ -61,17 +61,8 @@ class Distributed:
         if self.active:
             dist.barrier()
 
-    @contextlib.contextmanager
-    def main_first(self) -> Iterator[None]:
-        """Rank 0 runs the block first (filling caches), the others after it."""
-        if not self.main:
-            self.barrier()
-        yield
-        if self.main:
-            self.barrier()
-
     def agree(self, fn: Callable[[], T], others: Callable[[], T]) -> T:
-        """``fn()`` on rank 0, ``others()`` elsewhere; an error of rank 0's is raised on every rank."""
+        """``fn()`` on rank 0, then ``others()`` elsewhere; an error of rank 0's is raised on every rank."""
         if not self.active:
             return fn()
         failure: list[Any] = [None]

@@ -57,8 +57,8 @@ class Session:
         if t.batch_size % (d.world_size * t.grad_accum):
             raise ConfigError(f"train.batch_size: {t.batch_size} does not split into {d.world_size} ranks x "
                               f"{t.grad_accum} micro-steps (train.grad_accum)")
-        with d.main_first():  # one process tokenizes into the cache, the others read it
-            self.data: TokenData = load_data(config)
+        # Rank 0 tokenizes into the cache first (its errors stop every rank), then the others read it.
+        self.data: TokenData = d.agree(lambda: load_data(config), lambda: load_data(config))
         vocab = config.model.vocab_size or self.data.vocab_size
         if vocab < self.data.vocab_size:
             raise ConfigError(f"model.vocab_size: {vocab} is smaller than the tokenizer's {self.data.vocab_size}")
