@@ -1,7 +1,8 @@
 """``DistributedMuon``: Muon on FSDP2-sharded matrices, Newton-Schulz on whole matrices, the work spread over ranks.
 
 Newton-Schulz (NS) on a row shard is not NS on the matrix, so a sharded Muon must see whole matrices. Here, as in
-torchtitan's and microsoft/dion's distributed Muon (the idea, not their code): momentum, Nesterov and weight
+microsoft/dion's Muon (also in torchtitan's experiments) and Essential AI's "layer sharding" (two all-to-alls
+instead of all-gathers; the idea, not their code): momentum, Nesterov and weight
 decay are element-wise and run on each rank's shard; then the matrices of a parameter group go in buckets (up to
 :data:`BUCKET_ELEMENTS`), matrix ``j`` of a bucket owned by rank ``j % world``. One ``all_to_all`` per bucket sends
 every rank's shards to the owners, which assemble the whole momentum-updated gradients and run NS on them
