@@ -70,6 +70,27 @@ def difference(a: Mapping[str, Any], b: Mapping[str, Any], sd: float, dof: int) 
     return {"value": value, "interval": [value - half, value + half], "per_seed": paired}
 
 
+def paired(table: Mapping[tuple[str, str, float], Mapping[int, float]], optimizer: str, kind: str,
+           a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The best-vs-best gain with a paired interval: seeds share data order and init, so the sd of a per-seed
+    difference ``none - kind`` is pooled over the LRs where both ran every seed (Student t on its dof)."""
+    ss, dof = 0.0, 0
+    for (o, k, lr), losses in table.items():
+        other = table.get((o, "none", lr))
+        if (o, k) != (optimizer, kind) or other is None:
+            continue
+        common = sorted(set(losses) & set(other))
+        if len(common) > 1:
+            ss += (len(common) - 1) * statistics.variance([other[s] - losses[s] for s in common])
+            dof += len(common) - 1
+    common = sorted(set(a["seeds"]) & set(b["seeds"]))
+    if not dof or not common:
+        return None
+    diffs = [a["seeds"][s] - b["seeds"][s] for s in common]
+    value, half = statistics.fmean(diffs), lib.t95(dof) * math.sqrt(ss / dof) / math.sqrt(len(diffs))
+    return {"value": value, "interval": [value - half, value + half], "sd": math.sqrt(ss / dof), "dof": dof}
+
+
 def sign_holds(interval: Sequence[float]) -> bool | None:
     """Positive (the claimed direction) when the whole interval is above 0, not when it is below, else unknown."""
     return True if interval[0] > 0 else False if interval[1] < 0 else None
@@ -156,7 +177,11 @@ def gain_claims(rows: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]]
         if key not in gains:
             continue
         g = gains[key]
-        also = {"scalar_gain": gains.get((optimizer, "scalar")), "best": {
+        also = {"scalar_gain": gains.get((optimizer, "scalar")),
+                "paired_gain": paired(table, optimizer, "row_col", bests[(optimizer, "none")], bests[key]),
+                "paired_scalar_gain": paired(table, optimizer, "scalar", bests[(optimizer, "none")],
+                                             bests[(optimizer, "scalar")]) if (optimizer, "scalar") in bests else None,
+                "best": {
             k: {x: bests[(optimizer, k)][x] for x in ("lr", "loss", "edge")} for k in KINDS if (optimizer, k) in bests},
             "pooled_seed_sd": sd, "pooled_seed_dof": dof,
             "gap_over_training": {k[1]: v for k, v in gaps.items() if k[0] == optimizer},
