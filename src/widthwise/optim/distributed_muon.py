@@ -28,7 +28,7 @@ from torch.distributed.tensor import DTensor, Shard
 from torch.optim._muon import _adjust_lr
 from torch.optim.optimizer import _to_scalar
 
-from .muon import _TORCH_DTYPES, BatchedMuon, _stacks, newton_schulz
+from .muon import NS_TORCH_DTYPES, BatchedMuon, newton_schulz, ns_stacks
 
 __all__ = ["BUCKET_ELEMENTS", "DistributedMuon", "supports"]
 
@@ -73,7 +73,7 @@ class DistributedMuon(BatchedMuon):
         torch._foreach_mul_(local, 1 - lr * group["weight_decay"])
         mesh = params[0].device_mesh
         pg, world, rank = mesh.get_group(), mesh.size(), mesh.get_local_rank()
-        dtype = _TORCH_DTYPES[group["ns_dtype"]]
+        dtype = NS_TORCH_DTYPES[group["ns_dtype"]]
         ns_args = (group["ns_coefficients"], group["ns_steps"], group["eps"])
         for bucket in _buckets([tuple(p.shape) for p in params]):
             shapes = [tuple(params[i].shape) for i in bucket]
@@ -128,7 +128,7 @@ def _orthogonalise(shards: list[Tensor], shapes: list[tuple[int, ...]], dtype: t
         whole.append(torch.cat([received[s * size + local[j]: s * size + local[j] + rows * cols].view(rows, cols)
                                 for s, rows in enumerate(splits[j])]).to(dtype))
     results: list[Tensor] = list(whole)  # replaced by their NS
-    for stack in _stacks(whole, dtype):
+    for stack in ns_stacks(whole, dtype):
         if len(stack) == 1:
             results[stack[0]] = newton_schulz(whole[stack[0]], *ns_args)
         else:

@@ -48,7 +48,8 @@ MIN_BATCHED_SIDE = 16
 #: of one that does not (LLaMA width 256, fp32, 1 thread: 228 ms a step with 1 MiB stacks, 252 ms unbounded);
 #: batching itself gains nothing there (one matrix at a time: 228 ms). On CUDA a stack takes the whole shape.
 CPU_STACK_BYTES = 1 << 20
-_TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+#: torch dtypes of the resolved ``ns_dtype`` values.
+NS_TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 def resolve_ns_dtype(ns_dtype: str, device: torch.device) -> str:
@@ -156,11 +157,11 @@ class BatchedMuon(torch.optim.Muon):
         momentum = group["momentum"]
         torch._foreach_lerp_(bufs, grads, 1 - momentum)
         updates = torch._foreach_lerp(grads, bufs, momentum) if group["nesterov"] else bufs
-        dtype = _TORCH_DTYPES[group["ns_dtype"]]
+        dtype = NS_TORCH_DTYPES[group["ns_dtype"]]
         ns_args = (group["ns_coefficients"], group["ns_steps"], group["eps"])
 
         torch._foreach_mul_(params, 1 - lr * group["weight_decay"])
-        for stack in _stacks(params, dtype):
+        for stack in ns_stacks(params, dtype):
             if len(stack) == 1:
                 ortho = [newton_schulz(updates[stack[0]].to(dtype), *ns_args)]
             else:
@@ -169,7 +170,7 @@ class BatchedMuon(torch.optim.Muon):
             torch._foreach_add_([params[i] for i in stack], ortho, alpha=-adjusted_lr)
 
 
-def _stacks(params: list[Tensor], dtype: torch.dtype) -> list[list[int]]:
+def ns_stacks(params: list[Tensor], dtype: torch.dtype) -> list[list[int]]:
     """Indices of ``params`` that go through Newton-Schulz together: same device, dtype and shape; matrices
     with a side below ``MIN_BATCHED_SIDE`` alone; on a CPU at most ``CPU_STACK_BYTES`` (in ``dtype``) a stack."""
     same: dict[tuple, list[int]] = {}
