@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..app.console import setup_logging
-from ..errors import EXIT_BAD_INPUT, EXIT_FAILED, WidthwiseError
+from ..errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, WidthwiseError
 from .args import Parser
 
 #: The command modules, in the order ``--help`` lists them.
@@ -50,7 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _fail(f"internal error: {_crash(err)}", EXIT_FAILED)
         where = err.filename if err.filename2 is None else f"{err.filename} -> {err.filename2}"
         return _fail(f"{where}: {err.strerror or err}", EXIT_BAD_INPUT)
-    except (KeyboardInterrupt, SystemExit):
+    except KeyboardInterrupt:  # Ctrl-C outside a training loop (which checkpoints and exits 130 itself)
+        return _fail("interrupted", EXIT_INTERRUPTED)
+    except SystemExit:
         raise
     except BaseException as err:  # a bug or a resource limit: one line, the traceback in a file
         return _fail(f"internal error: {_crash(err)}", EXIT_FAILED)
