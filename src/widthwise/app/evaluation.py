@@ -48,7 +48,7 @@ def read_eval(run_dir: Path) -> dict[str, Any] | None:
     """A run's ``eval.json`` (``None`` when there is none or it is unreadable)."""
     try:
         data = json.loads((Path(run_dir) / EVAL_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
 

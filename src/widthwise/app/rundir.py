@@ -198,7 +198,7 @@ class RunDir:
             summary = json.loads(self.summary_file.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return None
-        except (OSError, UnicodeDecodeError, ValueError) as err:
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
             raise self._corrupt("summary.json", err.__class__.__name__) from None
         if not isinstance(summary, dict):
             raise self._corrupt("summary.json", "not a JSON object")

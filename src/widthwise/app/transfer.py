@@ -71,6 +71,8 @@ def read_optima(sweep_dir: Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise SweepError(f"{path}: cannot read it ({err}); rerun `widthwise analyze {sweep_dir}`") from None
+    except RecursionError:
+        raise SweepError(f"{path}: JSON nested too deeply; rerun `widthwise analyze {sweep_dir}`") from None
     families = data.get("families") if isinstance(data, dict) else None
     if not isinstance(data, dict) or data.get("version") != OPTIMA_VERSION or not isinstance(families, list):
         raise SweepError(f"{path}: not an optima file of version {OPTIMA_VERSION}; rerun `widthwise analyze "
