@@ -8,6 +8,7 @@ bytes, :data:`FIFO`, :data:`DIR`, or a function that writes the file), ``{tmp}``
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import sqlite3
@@ -320,3 +321,16 @@ def test_an_unexpected_exception_is_one_line_naming_its_traceback_file(tmp_path,
     assert line.startswith("RuntimeError: boom (traceback in ") and str(tmp_path / "cache" / "crashes") in line
     log = Path(line.rsplit("traceback in ", 1)[1].rstrip(")"))
     assert "Traceback (most recent call last)" in log.read_text() and "boom" in log.read_text()
+
+
+def test_an_absurd_learning_rate_diverges_as_data_with_only_widthwise_lines(tmp_path, capsys):
+    """``optim.lr=1e308`` is a valid number: the run diverges, exit 3, recorded, plots written; stderr holds only
+    widthwise's own lines (matplotlib's overflow warnings on the 1e308 ticks are not shown)."""
+    run = tmp_path / "run"
+    code = main(["train", "tiny", "--out", str(run), *TINY, "--set", "optim.lr=1e308", "--set", "schedule.warmup=0",
+                 "--set", "train.sample_tokens=0", "--set", "train.tensorboard=false", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 3, err
+    assert json.loads((run / "summary.json").read_text())["status"] == "diverged"
+    assert (run / "plots" / "loss.png").is_file()
+    assert all(line.startswith("widthwise: ") for line in err.splitlines() if line.strip()), err

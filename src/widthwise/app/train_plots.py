@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,6 +14,8 @@ from .plotting import subplots
 if TYPE_CHECKING:
     from .rundir import RunDir
 
+logger = logging.getLogger(__name__)
+
 
 def _finite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
@@ -19,6 +23,24 @@ def _finite(x) -> bool:
 
 def write_plots(run: RunDir) -> list[Path]:
     """Write ``plots/loss.png``, ``plots/lr.png`` and (with multipliers) ``plots/multipliers.png`` from the metrics."""
+    with warnings.catch_warnings():  # ticks of extreme values (an lr of 1e308) overflow numpy's power: cosmetic
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return _write_plots(run)
+
+
+def _save(fig, path: Path, written: list[Path]) -> None:
+    """Lay out and write ``fig`` to ``path`` (added to ``written``); values matplotlib cannot place (an lr of
+    1e308 spans more than its ticks can count) skip that plot with a warning, never the run's record."""
+    try:
+        fig.tight_layout()
+        atomic_savefig(fig, path, dpi=120)
+    except (ValueError, OverflowError) as err:
+        logger.warning(f"plot {path.name} not written: matplotlib cannot draw these values ({err})")
+        return
+    written.append(path)
+
+
+def _write_plots(run: RunDir) -> list[Path]:
     records = run.metrics()
     out = run.plots_dir
     out.mkdir(exist_ok=True)
@@ -40,9 +62,7 @@ def write_plots(run: RunDir) -> list[Path]:
     ax.set_title(f"{run.path.name}: loss")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    written.append(out / "loss.png")
-    atomic_savefig(fig, written[-1], dpi=120)
+    _save(fig, out / "loss.png", written)
 
     lr = [(r["step"], r["lr"]) for r in records if _finite(r.get("lr"))]
     if lr:
@@ -52,17 +72,15 @@ def write_plots(run: RunDir) -> list[Path]:
         ax.set_ylabel("base learning rate")
         ax.set_title("learning rate schedule (each group: base x plan factor)")
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        written.append(out / "lr.png")
-        atomic_savefig(fig, written[-1], dpi=120)
+        _save(fig, out / "lr.png", written)
 
     mult = [(r["step"], r["multipliers"]) for r in records if r.get("multipliers")]
     if mult:
-        written.append(_multiplier_plot(mult, out / "multipliers.png"))
+        _multiplier_plot(mult, out / "multipliers.png", written)
     return written
 
 
-def _multiplier_plot(mult: list[tuple[int, dict]], path: Path) -> Path:
+def _multiplier_plot(mult: list[tuple[int, dict]], path: Path, written: list[Path]) -> None:
     """One panel per layer (all blocks pooled): row and column multipliers, mean with a +-1 std band."""
     layers: dict[str, list[str]] = {}
     for key in sorted({k for _, stats in mult for k in stats}):
@@ -91,6 +109,4 @@ def _multiplier_plot(mult: list[tuple[int, dict]], path: Path) -> Path:
         ax.set_visible(False)
     fig.suptitle("learnable multipliers over training (all blocks pooled; mean, band = +-1 std)", fontsize=10)
     fig.supxlabel("step", fontsize=9)
-    fig.tight_layout()
-    atomic_savefig(fig, path, dpi=120)
-    return path
+    _save(fig, path, written)
