@@ -305,10 +305,13 @@ class _Loop:
                     bar.update(1)
                     if session.step % t.checkpoint_every == 0 or session.step == t.steps:
                         self.save()
-                    agree = session.step % t.log_every == 0 or session.step % t.checkpoint_every == 0
-                    if agree and session.dist.any(progress.stop_requested is not None) and not progress.stop_requested:
-                        progress.stop_requested = "another rank's signal"  # every rank stops at the same step
-                    if progress.stop_requested and session.step < t.steps and (agree or not session.dist.active):
+                    stop = progress.stop_requested is not None
+                    if session.dist.active:  # every rank stops at the same step: the one where they agree
+                        agree = session.step % t.log_every == 0 or session.step % t.checkpoint_every == 0
+                        stop = agree and session.dist.any(stop)  # a signal after this read waits for the next
+                        if stop and not progress.stop_requested:
+                            progress.stop_requested = "another rank's signal"
+                    if stop and session.step < t.steps:
                         bar.close()
                         if session.step % t.checkpoint_every != 0:
                             self.save()
