@@ -334,3 +334,18 @@ def test_an_absurd_learning_rate_diverges_as_data_with_only_widthwise_lines(tmp_
     assert json.loads((run / "summary.json").read_text())["status"] == "diverged"
     assert (run / "plots" / "loss.png").is_file()
     assert all(line.startswith("widthwise: ") for line in err.splitlines() if line.strip()), err
+
+
+def test_a_second_sweep_on_a_directory_a_driver_holds_is_refused(tmp_path, capsys):
+    """Two drivers on one sweep directory would run its points twice: the second is one line, exit 2, and writes
+    nothing there."""
+    from widthwise.app.sweep.worker import run_lock
+
+    (tmp_path / "s.yaml").write_text(SWEEP_OK)
+    out = tmp_path / "o"
+    with run_lock(out) as locked:  # the lock a running driver holds
+        assert locked
+        code = main(["sweep", str(tmp_path / "s.yaml"), "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "another widthwise sweep is running on it" in err, err
+    assert not out.exists()

@@ -39,6 +39,7 @@ from ..setup import config_device, load_data, load_recipe, model_configs
 from .executors import Job, check_executor, make_executor
 from .spec import Point, SweepSpec, expand, parse_sweep
 from .store import FINAL, ResultsDB, db_path
+from .worker import lock_path, run_lock
 
 logger = logging.getLogger(__name__)
 
@@ -198,6 +199,17 @@ def run_sweep(spec: SweepSpec, out: Path, *, workers: int | None = None, threads
     points = expand(spec, progress=progress)
     if db_path(out).exists():  # a garbage or foreign results.db is refused before anything in out is written
         ResultsDB(db_path(out), readonly=True).close()
+    with run_lock(out) as locked:  # one driver per sweep directory: a second would run every point twice
+        if not locked:
+            raise SweepError(f"--out {out}: another widthwise sweep is running on it (it holds {lock_path(out)}); "
+                             "wait for it to finish or choose another --out")
+        return _run_locked(spec, points, out, started, workers=workers, threads=threads, executor=executor,
+                           address=address, progress=progress, nproc=nproc)
+
+
+def _run_locked(spec: SweepSpec, points: list[Point], out: Path, started: float, *, workers: int | None,
+                threads: int | None, executor: str, address: str | None, progress: bool, nproc: int) -> SweepResult:
+    """:func:`run_sweep` once ``points`` are validated and the sweep directory's lock is held."""
     prepare_sweep_dir(spec, out)
     vocab_sizes = _prepare_data(points)
     auto_workers, threads = default_workers(threads)
