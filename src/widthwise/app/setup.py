@@ -251,14 +251,18 @@ def device_memory(device: torch.device) -> int:
 
 def check_fits(config: Config, vocab_size: int, device: torch.device) -> None:
     """Refuse, from the meta model's parameter count, a model whose training state cannot fit in ``device``'s
-    memory (:data:`BYTES_PER_PARAMETER` each), before anything is allocated."""
+    memory (:data:`BYTES_PER_PARAMETER` each; under FSDP that over the ranks, at least the fp32 values), before
+    anything is allocated."""
     model_cfg, _ = model_configs(config, vocab_size, load_recipe(config))
     try:
         with torch.device("meta"):
             count = sum(p.numel() for p in new_model(config, model_cfg).parameters())
     except (RuntimeError, OverflowError):  # sizes past int64 overflow even on the meta device
         raise ConfigError(f"model.width: {config.model.width} is too large for any tensor (sizes overflow)") from None
-    need, have = count * BYTES_PER_PARAMETER, device_memory(device)
+    per_parameter = BYTES_PER_PARAMETER
+    if config.train.parallel == "fsdp":  # sharded over the ranks, but each rank first builds the whole fp32 model
+        per_parameter = max(4, BYTES_PER_PARAMETER // int(os.environ.get("WORLD_SIZE", "1") or 1))
+    need, have = count * per_parameter, device_memory(device)
     if need > have:
         raise ConfigError(f"model.width: {config.model.width} (depth {config.model.depth}) makes {count:,} parameters, "
                           f"{need / 2**30:,.1f} GiB to train, more than the {have / 2**30:,.1f} GiB of {device.type} "
