@@ -20,6 +20,7 @@ from typing import Any
 
 from widthwise.app.atomic import atomic_savefig
 from widthwise.app.plotting import subplots
+from widthwise.errors import SweepError
 
 from .. import lib
 
@@ -304,7 +305,10 @@ def ablation_claims(rows: Sequence[Mapping[str, Any]], gain_rows: Sequence[Mappi
 def analyze() -> list[dict[str, Any]]:
     gain_rows = lib.rows(NAME, "gain", ("completed", "diverged"))
     records, details = gain_claims(gain_rows)
-    ablation_rows = lib.rows(NAME, "ablations", ("completed", "diverged"))
+    try:
+        ablation_rows = lib.rows(NAME, "ablations", ("completed", "diverged"))
+    except SweepError:  # not started yet
+        ablation_rows = []
     if ablation_rows:
         records += ablation_claims(ablation_rows, gain_rows)
     lib.write_json(lib.RESULTS / f"{NAME}.json", details | {"claims": records})
