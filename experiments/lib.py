@@ -74,12 +74,6 @@ def metrics(row: Mapping[str, Any]) -> list[dict[str, Any]]:
     return RunDir(Path(row["run_dir"])).metrics()
 
 
-def param(row: Mapping[str, Any], key: str) -> Any:
-    """A dotted config value of the row's run (``optim.lr``)."""
-    section, name = key.split(".")
-    return row["config"][section][name]
-
-
 # two-sided 95% Student t quantiles by degrees of freedom (1..30); larger: the normal 1.96
 _T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
@@ -112,11 +106,6 @@ def loglog_slope(x: Sequence[float], y: Sequence[float]) -> Slope:
     fit = fit_line([math.log(v) for v in x], [math.log(v) for v in y])
     half = t95(fit.n - 2) * fit.slope_se
     return Slope(fit.slope, fit.slope - half, fit.slope + half, fit.r2, fit.n)
-
-
-def mean_and_spread(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def rel(path: Path) -> str:
