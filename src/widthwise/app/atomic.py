@@ -1,16 +1,40 @@
-"""Crash-safe file writes: a reader (or a resumed run) sees the old content or the new, never a part."""
+"""Crash-safe file writes: a reader (or a resumed run) sees the old content or the new, never a part; and the
+file locks that keep two processes from writing one thing (:func:`file_lock`)."""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, wait: bool = False) -> Iterator[bool]:
+    """An exclusive ``flock`` on the file ``path`` (created) for the block; yields whether it was got.
+
+    ``wait=False`` does not block: a lock another process holds yields ``False``. The kernel releases the lock when
+    the process dies, however it dies (SIGKILL included), so a stale lock file never blocks anyone. An ``OSError``
+    opening the file (a read-only folder, a path under a regular file) propagates. Locks are per open file: a second
+    ``file_lock`` of one path in the same process does not get it either.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(directory: Path) -> None:

@@ -4,12 +4,17 @@ Layout: ``RUN_DIR/checkpoints/step_000100/{model.safetensors, optimizer.pt, stat
 file naming the newest complete one. A checkpoint is written into a hidden temporary folder, fsynced and
 renamed into place; ``latest`` is replaced atomically after that. A kill at any moment leaves the previous
 checkpoint intact and ``latest`` pointing at a complete folder. Everything loads with ``weights_only=True``.
+
+Pruning (``keep``) and the cleanup of killed writes delete only folders this module writes: named ``step_N`` (or
+its temporary ``.step_N.*``), not a link, holding nothing but checkpoint parts. Anything else under
+``checkpoints/`` (a folder a user or another tool put there) is left alone.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -28,6 +33,11 @@ CHECKPOINT_VERSION = 1
 LATEST = "latest"
 #: The parts of a checkpoint stored as tensors (safetensors, torch.save); the rest is ``state.json``.
 TENSOR_PARTS = ("model", "optimizer", "scheduler", "rng")
+#: The files of a checkpoint folder, and the names of the folders (complete, temporary) that :func:`save_checkpoint`
+#: writes: only these are ever deleted.
+FILES = frozenset({"model.safetensors", "optimizer.pt", "state.json"})
+_FOLDER = re.compile(r"step_(\d{8,})")
+_TEMP = re.compile(r"\.step_\d{8,}\..+")
 
 
 @dataclass
@@ -75,7 +85,10 @@ def save_checkpoint(directory: Path, ckpt: Checkpoint, keep: int = 2) -> Path:
         for f in tmp.iterdir():
             _fsync_file(f)
         fsync_dir(tmp)
-        if final.exists():  # a stale folder from an earlier attempt at this step (never the one `latest` names)
+        if final.exists() or final.is_symlink():  # a stale folder of an earlier attempt (never the one `latest` names)
+            if not _written_here(final):
+                raise CheckpointError(f"{final}: is in the way of the checkpoint of step {ckpt.step} and was not "
+                                      "written by widthwise (it holds other files); move it out of checkpoints/")
             shutil.rmtree(final)
         os.replace(tmp, final)
         fsync_dir(directory)
@@ -87,13 +100,27 @@ def save_checkpoint(directory: Path, ckpt: Checkpoint, keep: int = 2) -> Path:
     return final
 
 
+def _written_here(path: Path) -> bool:
+    """Whether ``path`` is a folder as :func:`save_checkpoint` writes them: not a link, holding only checkpoint
+    parts (or part of them: a write or a prune that was killed)."""
+    try:
+        return not path.is_symlink() and path.is_dir() and all(
+            p.name in FILES and p.is_file() and not p.is_symlink() for p in path.iterdir())
+    except OSError:
+        return False
+
+
 def _prune(directory: Path, keep: int, protect: str) -> None:
-    done = sorted(p for p in directory.glob("step_*") if p.is_dir())
-    for old in done[:-keep] if keep > 0 else []:
+    """Delete all but the newest ``keep`` checkpoints, and the temporary folders of killed writes (only folders
+    :func:`_written_here`)."""
+    done = sorted((int(m[1]), p) for p in directory.iterdir() if (m := _FOLDER.fullmatch(p.name)))
+    ours = [p for _, p in done if _written_here(p)]
+    for old in ours[:-keep] if keep > 0 else []:
         if old.name != protect:
             shutil.rmtree(old, ignore_errors=True)
-    for stale in directory.glob(".step_*"):  # temp folders of writes that were killed
-        shutil.rmtree(stale, ignore_errors=True)
+    for stale in directory.iterdir():
+        if _TEMP.fullmatch(stale.name) and _written_here(stale):
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def latest_checkpoint(directory: Path) -> Path | None:

@@ -5,7 +5,12 @@
 - ``config.yaml``: the user's config exactly as given (``null`` stays ``null``), then ``resolved:`` (every value
   the run resolved: ``model.vocab_size``, forward multipliers, ``scaling.base_width``, runtime, data) and ``plan:``;
 - ``plan.txt``, ``metrics.jsonl``, ``diagnostics.jsonl``, ``summary.json``, ``samples.txt``, ``diagnostics.json``;
-- ``checkpoints/`` (:mod:`widthwise.app.checkpoint`), ``plots/``, ``tensorboard/``.
+- ``checkpoints/`` (:mod:`widthwise.app.checkpoint`), ``plots/``, ``tensorboard/``;
+- ``.widthwise.lock``, the lock a training process holds (:meth:`RunDir.hold`), and ``crash.log``, the traceback of
+  an unexpected exception while it trained.
+
+A run directory is never created inside another one (:meth:`RunDir.create`): that run's checkpoint pruning or a
+cleanup would take the new one with it.
 
 Writes are atomic (:mod:`widthwise.app.atomic`). A missing or corrupt file is a :class:`RunError` naming the
 directory (as ``what``, e.g. ``--resume``) and the file. Directories of the earlier layout, whose user fields held
@@ -14,15 +19,16 @@ the resolved values, still read: :attr:`RunDir.legacy` tells them apart.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from ..errors import CheckpointError, ConfigError, RunError
-from .atomic import atomic_write_text
+from .atomic import atomic_write_text, file_lock
 from .checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import Config, from_dict
 from .inputs import load_yaml
@@ -31,7 +37,10 @@ from .metrics import MetricsLog, json_safe, read_metrics
 if TYPE_CHECKING:
     from ..planning import Plan
 
-__all__ = ["RESOLVED_FIELDS", "RunDir"]
+__all__ = ["LOCK_FILE", "RESOLVED_FIELDS", "RunDir"]
+
+#: The lock file inside a run directory that its training process holds (:meth:`RunDir.hold`).
+LOCK_FILE = ".widthwise.lock"
 
 #: User fields that a run resolves when they are ``null``, stored under ``resolved:`` (section -> keys).
 RESOLVED_FIELDS = {"model": ("vocab_size", "embedding_multiplier", "head_multiplier", "attention_scale"),
@@ -54,11 +63,49 @@ class RunDir:
     # -- opening ----------------------------------------------------------------------------------------
     @classmethod
     def create(cls, path: Path, what: str = "--out") -> RunDir:
-        """A new run at ``path``, refused (:class:`RunError`) if it holds anything; made on the first write."""
+        """A new run at ``path``, made on the first write; :class:`RunError` if it holds anything (but the lock
+        file) or lies inside another run directory."""
         path = Path(path)
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        if path.exists() and (not path.is_dir() or any(p.name != LOCK_FILE for p in path.iterdir())):
             raise RunError(f"{what} {path}: already exists and is not empty; use --resume {path} or another --out")
+        for parent in path.absolute().resolve().parents:
+            if cls.is_run(parent):
+                raise RunError(f"{what} {path}: inside the run directory {parent}; a run directory cannot hold "
+                               "another run (its checkpoint pruning could delete it): choose a folder outside it")
         return cls(path, what)
+
+    @staticmethod
+    def is_run(path: Path) -> bool:
+        """Whether ``path`` is a run directory: a ``config.yaml`` beside ``checkpoints/``, or a training's lock."""
+        path = Path(path)
+        return ((path / "config.yaml").is_file() and (path / "checkpoints").is_dir()) or (path / LOCK_FILE).is_file()
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[RunDir]:
+        """Hold the run's lock (``.widthwise.lock``, made with the directory) for the block: one process trains a
+        run at a time. :class:`RunError` if another process holds it, or the directory cannot be written.
+
+        The lock is an ``flock`` (:func:`~widthwise.app.atomic.file_lock`), which the kernel drops when its process
+        dies: a SIGKILLed run never blocks its resume. An unexpected exception leaving the block carries the run's
+        :attr:`crash_file` as ``widthwise_log``, where the command line writes its traceback.
+        """
+        with contextlib.ExitStack() as stack:
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+                locked = stack.enter_context(file_lock(self.lock_file))
+            except OSError as err:
+                raise RunError(f"{self.what} {self.path}: cannot write the run directory "
+                               f"({err.strerror or err.__class__.__name__})") from None
+            if not locked:
+                raise RunError(f"{self.what} {self.path}: another widthwise process is training this run (it holds "
+                               f"{self.lock_file}); wait for it to end, or stop it first")
+            try:
+                yield self
+            except BaseException as err:
+                if getattr(err, "widthwise_log", None) is None:
+                    with contextlib.suppress(AttributeError, TypeError):
+                        err.widthwise_log = self.crash_file  # type: ignore[attr-defined]
+                raise
 
     @classmethod
     def open(cls, path: Path, what: str = "RUN_DIR") -> RunDir:
@@ -105,6 +152,15 @@ class RunDir:
     @property
     def checkpoints_dir(self) -> Path:
         return self.path / "checkpoints"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.path / LOCK_FILE
+
+    @property
+    def crash_file(self) -> Path:
+        """``crash.log``: the tracebacks of unexpected exceptions while the run trained (appended)."""
+        return self.path / "crash.log"
 
     @property
     def plots_dir(self) -> Path:

@@ -16,14 +16,13 @@ so a CPU near the threshold settles on fp32 instead of flipping. Delete the file
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import platform
 import statistics
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from typing import Any
 import torch
 
 from ..hardware import BF16_MIN_SPEEDUP, BF16_PROBE_SIZE, matmul_seconds
-from .atomic import atomic_write_text
+from .atomic import atomic_write_text, file_lock
 from .defaults import default_cache_dir
 
 logger = logging.getLogger(__name__)
@@ -111,17 +110,6 @@ def numerics_cache_path() -> Path:
     return default_cache_dir() / NUMERICS_FILE
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock on ``path``'s lock file for the block: one process measures, the others wait and read."""
-    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
 def _read_cache(path: Path) -> dict[str, dict[str, Any]]:
     """The cache's entries by machine key; a missing file is empty, a corrupt one is logged and ignored."""
     try:
@@ -145,7 +133,7 @@ def machine_measure(name: str, measure: Callable[[], Any]) -> Any:
     path, key = numerics_cache_path(), machine_key()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with _locked(path):
+        with file_lock(path.with_name(path.name + ".lock"), wait=True):  # one measures, the others read
             data = _read_cache(path)
             entry = data.setdefault(key, {})
             if name not in entry:

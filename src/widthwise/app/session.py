@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +19,7 @@ from torch import nn
 
 from ..errors import CheckpointError, ConfigError
 from ..optim.build import muon_ns_dtype
-from .config import Config
+from .config import Config, config_keys
 from .data import BatchSampler, TokenData, validation_batches
 from .distributed import Distributed, full_state, full_tensor, gradient_sync, shard_like, shard_optimizer_state, wrap
 from .runtime import Runtime, resolve_runtime
@@ -27,7 +28,7 @@ from .setup import Built, apply_update, build, config_device, load_data, make_op
 if TYPE_CHECKING:
     from ..planning import Plan
 
-__all__ = ["Session", "unique_state_dict"]
+__all__ = ["Session", "trained_config", "unique_state_dict"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,35 @@ def unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
             seen.add(tensor.data_ptr())
             weights[name] = tensor
     return weights
+
+
+def trained_config(config: Config, built: Built) -> dict[str, Any]:
+    """The fields of ``config`` that decide what a run computes (all but the ``resumable`` ones), by dotted key,
+    with the values ``built`` resolved for the ``null`` ones (``model.vocab_size``, ...): what a checkpoint records,
+    so that a resume or a diagnosis under another config is refused naming the field."""
+    resumable = set(config_keys("resumable"))
+    data = json.loads(json.dumps(config.to_dict()))  # JSON values, as state.json gives them back
+    for section, values in resolved_config(built, {}).items():
+        data[section].update(values)
+    return {f"{s}.{k}": v for s, fields in data.items() for k, v in fields.items() if f"{s}.{k}" not in resumable}
+
+
+def _check_config(where: str, recorded: dict[str, Any] | None, trained: dict[str, Any]) -> None:
+    """:class:`CheckpointError` naming the first field of ``trained`` (:func:`trained_config`) whose value differs
+    from the one the checkpoint recorded (a field it does not record, from a later widthwise, is not compared);
+    no record: a warning."""
+    if recorded is None:
+        logger.warning(f"{where} records no config (written by an earlier widthwise): the config is not checked "
+                       "against it")
+        return
+    differ = [(k, recorded[k], v) for k, v in trained.items()
+              if k in recorded and json.dumps(recorded[k], sort_keys=True) != json.dumps(v, sort_keys=True)]
+    if differ:
+        key, old, new = differ[0]
+        more = f" (and {len(differ) - 1} more fields)" if len(differ) > 1 else ""
+        raise CheckpointError(f"{where} was trained with {key}={json.dumps(old)}, but the run's config says "
+                              f"{key}={json.dumps(new)}{more}: config.yaml was edited after the run started; restore "
+                              "it, or start a new run with the new value")
 
 
 class Session:
@@ -206,13 +236,20 @@ class Session:
         return {"step": self.step, "model": model, "optimizer": optimizer,
                 "scheduler": {k: v for k, v in self.scheduler.state_dict().items() if k != "lr_lambdas"},
                 "rng": rng, "sampler": self.sampler.state_dict(), "tokens": self.tokens,
-                "world_size": self.dist.world_size,
+                "world_size": self.dist.world_size, "config": trained_config(self.config, self.built),
                 "data_fingerprint": self.data.fingerprint, "vocab_size": self.built.model_config.vocab_size}
+
+    def check_config(self, state: dict[str, Any]) -> None:
+        """:class:`CheckpointError` naming the first field that decides what the run computes (:func:`trained_config`)
+        whose value differs from the one the checkpoint ``state`` recorded: a resume continues the run it continues.
+        A checkpoint of an earlier widthwise records none: a warning (its weights still have to fit)."""
+        _check_config(f"checkpoint step {state['step']}", state.get("config"), trained_config(self.config, self.built))
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from ``state`` (a :meth:`state_dict`; other keys are ignored).
 
-        :class:`CheckpointError` when it does not fit: changed data, other weights or optimizer. The schedule
+        :class:`CheckpointError` when it does not fit: changed data, other weights or optimizer (a resume checks
+        the config first, :meth:`check_config`). The schedule
         keeps this session's ``train.steps``, so a longer run extends it. The state holds whole tensors, so it
         loads at any world size (the global batch is the same; sums over ranks round differently).
         """
@@ -228,7 +265,11 @@ class Session:
         if self.dist.fsdp:
             live = self.model.state_dict()
             weights = {k: shard_like(v, live[k]) if k in live else v for k, v in weights.items()}
-        missing, unexpected = self.model.load_state_dict(weights, strict=False)
+        try:
+            missing, unexpected = self.model.load_state_dict(weights, strict=False)
+        except RuntimeError as err:  # a tensor of another shape (a checkpoint that records no config)
+            detail = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err))
+            raise CheckpointError(f"{where}: weights do not fit the model ({detail})") from None
         shared = set(self.model.state_dict()) - set(self._unique)  # tied names, stored once
         bad = unexpected or sorted(set(missing) - shared)
         if bad:

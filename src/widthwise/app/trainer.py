@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,8 +62,9 @@ def start(config: Config, out: Path) -> Result:
     Under torchrun every rank calls it (``train.parallel``: ddp or fsdp); rank 0 writes the run directory.
     """
     t = config.train
-    with process_group(t.parallel, t.dist_timeout_s, t.device) as d, _lost_ranks(d, t.dist_timeout_s):
-        run = d.agree(lambda: RunDir.create(out, "--out"), lambda: RunDir(out, "--out"))
+    with (process_group(t.parallel, t.dist_timeout_s, t.device) as d, _lost_ranks(d, t.dist_timeout_s),
+          ExitStack() as held):
+        run = d.agree(lambda: _hold(RunDir.create(out, "--out"), held, new=True), lambda: RunDir(out, "--out"))
         return _train(config, run, stored=None, d=d)
 
 
@@ -76,8 +77,17 @@ def resume(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> Result
         if key not in RESUMABLE_KEYS:
             raise ConfigError(f"--set {key}: cannot change on resume (only {', '.join(RESUMABLE_KEYS)})")
     t = config.train
-    with process_group(t.parallel, t.dist_timeout_s, t.device) as d, _lost_ranks(d, t.dist_timeout_s):
+    with (process_group(t.parallel, t.dist_timeout_s, t.device) as d, _lost_ranks(d, t.dist_timeout_s),
+          ExitStack() as held):
+        d.agree(lambda: _hold(run, held, new=False), lambda: run)
         return _train(config, run, stored, d)
+
+
+def _hold(run: RunDir, stack: ExitStack, new: bool) -> RunDir:
+    """Take ``run``'s lock (:meth:`RunDir.hold`) until ``stack`` closes; a ``new`` run is checked empty again under
+    it (another start may have taken the directory first)."""
+    stack.enter_context(run.hold())
+    return RunDir.create(run.path, run.what) if new else run
 
 
 @contextmanager
@@ -190,6 +200,7 @@ def _train(config: Config, run: RunDir, stored: Config | None, d: Distributed) -
     session = Session(config, d)
     progress = _Progress()
     if ckpt is not None:
+        session.check_config(ckpt.session_state())  # config.yaml edited since the checkpoint: refused, named
         session.load_state_dict(ckpt.session_state())
         progress = _Progress.from_state(ckpt.state)
     if d.main:

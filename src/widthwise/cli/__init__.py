@@ -64,19 +64,26 @@ def _fail(message: str, code: int) -> int:
 
 
 def _crash(err: BaseException) -> str:
-    """``Type: message (traceback in FILE)``: the traceback written under the cache's ``crashes/``."""
+    """``Type: message (traceback in FILE)``: the traceback appended to the run's ``crash.log`` where the exception
+    left a run that was training (:meth:`~widthwise.app.rundir.RunDir.hold` tags it ``widthwise_log``), else
+    written under the cache's ``crashes/`` (else the temp folder)."""
     import time
     import traceback
 
     from ..app.defaults import default_cache_dir
 
-    text = "".join(traceback.format_exception(err))
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    text = f"--- {stamp}, pid {os.getpid()}: {' '.join(sys.argv)}\n{''.join(traceback.format_exception(err))}"
     summary = f"{type(err).__name__}: {str(err)[:300]}"
-    for folder in (default_cache_dir() / "crashes", Path(tempfile.gettempdir())):
+    name = f"widthwise-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    run_log = getattr(err, "widthwise_log", None)
+    targets = [Path(run_log)] if run_log is not None else []
+    for path in (*targets, default_cache_dir() / "crashes" / name, Path(tempfile.gettempdir()) / name):
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            path = folder / f"widthwise-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-            path.write_text(" ".join(sys.argv) + "\n" + text, encoding="utf-8")
+            if path not in targets:  # the run's own folder is never made again
+                path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a", encoding="utf-8") as log:
+                log.write(text)
             return f"{summary} (traceback in {path})"
         except OSError:
             continue
