@@ -19,7 +19,8 @@ def add_parser(sub: Subparsers) -> None:
     p.add_argument("--out", type=Path, required=True, metavar="SWEEP_DIR", help="sweep directory (new or resumed)")
     add_execution(p)
     p.add_argument("--nproc", type=positive_int, default=1,
-                   help="processes per run, under torchrun (local executor; train.parallel ddp unless set)")
+                   help="processes per run, under torchrun, on either executor (train.parallel ddp unless set; on "
+                        "Ray each run reserves threads x N CPUs and, on a cluster with GPUs, N GPUs, on one node)")
     p.set_defaults(run=run)
 
 

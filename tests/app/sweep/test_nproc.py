@@ -1,4 +1,5 @@
-"""`widthwise sweep --nproc 2`: each point is a real 2-process torchrun (DDP) run on the local executor."""
+"""`widthwise sweep --nproc 2`: each point is a real 2-process torchrun (DDP) run on the local executor (on Ray:
+tests/app/sweep/test_ray.py)."""
 
 from __future__ import annotations
 
@@ -34,11 +35,3 @@ def test_points_run_on_two_processes_each(tmp_path):
         assert summary["world_size"] == 2 and row["attempts"] == 1
     assert rows[0.01]["tokens"] == 8 * 8 * 32 and rows[0.01]["sigma_max"] > 0
 
-
-def test_several_processes_per_run_are_for_the_local_executor(tmp_path):
-    sweep = tmp_path / "sweep.yaml"
-    sweep.write_text(yaml.safe_dump({"base": "tiny", "grid": {"optim.lr": [0.01]}}))
-    proc = subprocess.run([sys.executable, "-m", "widthwise", "sweep", str(sweep), "--out", str(tmp_path / "out"),
-                           "--executor", "ray", "--nproc", "2"], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "--nproc: several processes per run run on the local executor only" in proc.stderr
-    assert not (tmp_path / "out").exists()

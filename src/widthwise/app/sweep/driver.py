@@ -188,14 +188,14 @@ def run_sweep(spec: SweepSpec, out: Path, *, workers: int | None = None, threads
               nproc: int = 1) -> SweepResult:
     """Run the points of ``spec`` not yet finished in ``out``; record each in ``out/results.db``.
 
-    ``nproc > 1`` (local executor): each run is ``nproc`` processes under torchrun, ``train.parallel`` ddp where
+    ``nproc > 1`` (either executor): each run is ``nproc`` processes under torchrun, ``train.parallel`` ddp where
     the point leaves it ``none``; ``workers`` defaults to the cores over ``threads * nproc``.
 
     Progress is a tqdm bar on stderr; what happens to runs is logged to the ``widthwise`` logger.
     """
     out = Path(out)
     started = time.perf_counter()
-    check_executor(executor, address, nproc)
+    check_executor(executor, address)
     points = expand(spec, progress=progress)
     if db_path(out).exists():  # a garbage or foreign results.db is refused before anything in out is written
         ResultsDB(db_path(out), readonly=True).close()

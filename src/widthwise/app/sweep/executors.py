@@ -1,8 +1,9 @@
 """Where sweep runs execute: a pool of local worker processes, or tasks on a Ray cluster.
 
-Both start the same worker process per attempt (:mod:`widthwise.app.sweep.worker`), with ``threads`` threads each, and
-report ``(job, exit code, result)`` when an attempt ends. An exit code below 0 means the worker was killed by that
-signal (or, on Ray, lost with its node or worker).
+Both start the same worker process per attempt (:mod:`widthwise.app.sweep.worker`), with ``threads`` threads each
+(and, where a run asks for ``nproc`` processes, a torchrun of them beneath it), and report ``(job, exit code,
+result)`` when an attempt ends. An exit code below 0 means the worker was killed by that signal (or, on Ray, lost
+with its node or worker).
 """
 
 from __future__ import annotations
@@ -51,10 +52,12 @@ def worker_env(threads: int) -> dict[str, str]:
     return env
 
 
-def run_attempt(config: dict[str, Any], run_dir: str, threads: int, log: str) -> tuple[int, dict[str, Any] | None]:
-    """One attempt, to completion, in a child process of the caller; ``(exit code, result)``. Ray runs this."""
+def run_attempt(config: dict[str, Any], run_dir: str, threads: int, log: str,
+                nproc: int = 1) -> tuple[int, dict[str, Any] | None]:
+    """One attempt, to completion, in a child process of the caller (``nproc`` processes under torchrun beneath it);
+    ``(exit code, result)``. Ray runs this."""
     with open(log, "ab") as out:
-        proc = subprocess.Popen(worker_command(Path(run_dir), threads, os.getpid()), stdin=subprocess.PIPE,
+        proc = subprocess.Popen(worker_command(Path(run_dir), threads, os.getpid(), nproc), stdin=subprocess.PIPE,
                                 stdout=out, stderr=subprocess.STDOUT, env=worker_env(threads))
     try:
         proc.communicate(json.dumps(config).encode())
@@ -121,39 +124,57 @@ class LocalExecutor:
 
 
 class RayExecutor:
-    """The same attempts as Ray tasks (``num_cpus=threads`` each): an existing cluster at ``address``, or a local
-    instance on 127.0.0.1 with ``workers * threads`` CPUs. Run directories must be on a filesystem the nodes share.
+    """The same attempts as Ray tasks: an existing cluster at ``address``, or a local instance on 127.0.0.1 sized
+    for ``workers`` tasks. Each task reserves ``num_cpus = threads * nproc`` and, on a cluster with GPUs,
+    ``num_gpus = nproc`` (one per process; Ray sets the task's ``CUDA_VISIBLE_DEVICES`` and torchrun's ranks
+    inherit it), all on one node: a run of several processes is a ``torchrun --standalone`` job there. Run
+    directories must be on a filesystem the nodes share.
     """
 
     name = "ray"
 
-    def __init__(self, workers: int, threads: int, address: str | None = None) -> None:
+    def __init__(self, workers: int, threads: int, address: str | None = None, nproc: int = 1) -> None:
         try:
             import ray
         except ImportError:
             raise SweepError("--executor ray: Ray is not installed; pip install 'widthwise[ray]'") from None
         self.ray = ray
-        self.threads = threads
+        self.threads, self.nproc = threads, nproc
         self.started_here = not ray.is_initialized()
         if self.started_here:
             if address:
                 ray.init(address=address, log_to_driver=False)
             else:
-                ray.init(num_cpus=workers * threads, _node_ip_address="127.0.0.1", include_dashboard=False,
+                ray.init(num_cpus=workers * threads * nproc, _node_ip_address="127.0.0.1", include_dashboard=False,
                          log_to_driver=False)
-        cpus = int(ray.cluster_resources().get("CPU", 0))
-        self.slots = max(1, cpus // threads) if address or not self.started_here else workers
-        if cpus < threads:
-            raise SweepError(f"--threads {threads}: the Ray cluster has only {cpus} CPU(s)")
-        self.remote = ray.remote(run_attempt).options(num_cpus=threads, max_retries=2)
+        cluster = ray.cluster_resources()
+        cpus, gpus = int(cluster.get("CPU", 0)), int(cluster.get("GPU", 0))
+        #: What each task reserves on its node.
+        self.resources = {"num_cpus": threads * nproc, "num_gpus": nproc if gpus else 0}
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive", True)]
+        self.slots = tasks_that_fit(nodes, **self.resources)
+        if not self.slots:
+            if self.started_here:
+                ray.shutdown()
+            raise SweepError(self._too_small(nodes))
+        self.remote = ray.remote(run_attempt).options(**self.resources, max_retries=2)
         self.running: dict[Any, Job] = {}
-        logger.info(f"Ray cluster with {cpus} CPU(s)")
+        logger.info(f"Ray cluster with {cpus} CPU(s)" + (f" and {gpus} GPU(s)" if gpus else ""))
+
+    def _too_small(self, nodes: list[dict[str, float]]) -> str:
+        wants = {"CPU": self.resources["num_cpus"], "GPU": self.resources["num_gpus"]}
+        need = [f"{count} {kind}(s)" for kind, count in wants.items() if count]
+        has = [f"{max((int(n.get(kind, 0)) for n in nodes), default=0)} {kind}(s)" for kind, c in wants.items() if c]
+        return (f"--threads {self.threads} --nproc {self.nproc}: a run needs {' and '.join(need)} on one node, and the "
+                f"Ray cluster's nodes have at most {' and '.join(has)}")
 
     def describe(self) -> str:
-        return f"Ray, {self.slots} task(s) at a time x {self.threads} thread(s)"
+        ranks = f" x {self.nproc} processes" if self.nproc > 1 else ""
+        gpus = f", {self.resources['num_gpus']} GPU(s) per run" if self.resources["num_gpus"] else ""
+        return f"Ray, {self.slots} task(s) at a time{ranks} x {self.threads} thread(s){gpus}"
 
     def submit(self, job: Job) -> None:
-        ref = self.remote.remote(job.point.config.to_dict(), str(job.run_dir), self.threads, str(job.log))
+        ref = self.remote.remote(job.point.config.to_dict(), str(job.run_dir), self.threads, str(job.log), self.nproc)
         self.running[ref] = job
 
     def poll(self, timeout: float) -> list[Finished]:
@@ -184,16 +205,23 @@ class RayExecutor:
         return jobs
 
 
-def check_executor(name: str, address: str | None, nproc: int = 1) -> None:
-    """Reject an unknown executor, a Ray address without Ray, or several processes per run on Ray, before anything
-    starts."""
+def tasks_that_fit(nodes: list[dict[str, float]], num_cpus: int, num_gpus: int) -> int:
+    """How many tasks of ``num_cpus`` CPUs and ``num_gpus`` GPUs fit at once on ``nodes`` (each node's Ray
+    resources), a task never spanning two nodes."""
+    def fit(node: dict[str, float]) -> int:
+        n = int(node.get("CPU", 0)) // num_cpus
+        return min(n, int(node.get("GPU", 0)) // num_gpus) if num_gpus else n
+
+    return sum(fit(node) for node in nodes)
+
+
+def check_executor(name: str, address: str | None) -> None:
+    """Reject an unknown executor or a Ray address without Ray before anything starts (whether a Ray cluster can
+    hold a run's processes is checked once it is reached, by :class:`RayExecutor`)."""
     if name not in EXECUTORS:
         raise SweepError(f"--executor: unknown executor {name!r}; expected one of {', '.join(EXECUTORS)}")
     if address and name != "ray":
         raise SweepError("--address is for --executor ray only")
-    if nproc > 1 and name != "local":
-        raise SweepError("--nproc: several processes per run run on the local executor only (on Ray, see "
-                         "docs/limitations.md)")
     if address and address not in ("auto", "local"):
         check_reachable(address)
 
@@ -218,7 +246,7 @@ def check_reachable(address: str, timeout: float = RAY_CONNECT_TIMEOUT_S) -> Non
 
 def make_executor(name: str, workers: int, threads: int, address: str | None = None,
                   nproc: int = 1) -> LocalExecutor | RayExecutor:
-    check_executor(name, address, nproc)
+    check_executor(name, address)
     if name == "ray":
-        return RayExecutor(workers, threads, address)
+        return RayExecutor(workers, threads, address, nproc)
     return LocalExecutor(workers, threads, nproc)
