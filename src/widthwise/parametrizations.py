@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from .fused_multipliers import scaled_embedding, scaled_weight, unfused_weight
+
 MULTIPLIER_KINDS = ("scalar", "row", "col", "row_col")
 
 
@@ -52,17 +54,17 @@ class Multipliers(nn.Module):
         if kind in ("col", "row_col"):
             col_init = 1.0 if self.row is not None else float(init)
             self.col = nn.Parameter(torch.full((weight.shape[in_axis],), col_init, **factory))
+        self.out_axis, self.in_axis = out_axis, in_axis
         self.row_view = axis_view(weight.ndim, out_axis)
         self.col_view = axis_view(weight.ndim, in_axis)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        if self.scalar is not None:
-            weight = weight * self.scalar
-        if self.row is not None:
-            weight = weight * self.row.view(self.row_view)
-        if self.col is not None:
-            weight = weight * self.col.view(self.col_view)
-        return weight
+        """The effective weight, in one fused pass (:func:`widthwise.fused_multipliers.scaled_weight`)."""
+        return scaled_weight(weight, self.scalar, self.row, self.col, self.out_axis, self.in_axis)
+
+    def unfused(self, weight: torch.Tensor) -> torch.Tensor:
+        """The same weight as separate element-wise products differentiated by autograd (the reference)."""
+        return unfused_weight(weight, self.scalar, self.row, self.col, self.out_axis, self.in_axis)
 
     def extra_repr(self) -> str:
         return f"kind={self.kind}"
@@ -90,10 +92,33 @@ _ORDER = "_widthwise_tensor_order"
 
 
 def attach(module: nn.Module, tensor: str, parametrization: nn.Module) -> None:
-    """Register ``parametrization`` on ``module.<tensor>``, remembering the module's parameter order."""
+    """Register ``parametrization`` on ``module.<tensor>``, remembering the module's parameter order.
+
+    An ``nn.Embedding`` that gets learnable multipliers on its weight also gets :func:`_embedding_forward`
+    on the class ``parametrize`` made for this one module, so a lookup scales only the rows it reads; the
+    class, and that forward with it, goes when the last parametrization is removed (:func:`fold`).
+    """
     if not hasattr(module, _ORDER):
         object.__setattr__(module, _ORDER, (list(module._parameters), list(module._buffers)))
     parametrize.register_parametrization(module, tensor, parametrization)
+    if isinstance(module, nn.Embedding) and tensor == "weight" and isinstance(parametrization, Multipliers):
+        type(module).forward = _embedding_forward
+
+
+def _embedding_forward(self: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
+    """``nn.Embedding.forward`` with the multipliers applied to the looked-up rows only (same values).
+
+    Used when the weight carries exactly one parametrization, widthwise's learnable multipliers, and the
+    embedding has no ``max_norm``, ``scale_grad_by_freq`` or ``sparse``; otherwise the plain forward, which
+    builds the whole table.
+    """
+    plist = self.parametrizations["weight"]
+    mult = plist[0]
+    if (len(plist) != 1 or not isinstance(mult, Multipliers) or mult.scalar is not None or mult.out_axis != 1
+            or self.max_norm is not None
+            or self.scale_grad_by_freq or self.sparse):
+        return nn.Embedding.forward(self, ids)
+    return scaled_embedding(ids, plist.original, mult.row, mult.col, self.padding_idx)
 
 
 def fold(module: nn.Module, tensor: str) -> None:

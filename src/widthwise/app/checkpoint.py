@@ -92,12 +92,40 @@ def save_checkpoint(directory: Path, ckpt: Checkpoint, keep: int = 2) -> Path:
             shutil.rmtree(final)
         os.replace(tmp, final)
         fsync_dir(directory)
+    except Exception as err:
+        reason = _write_failure(err, directory, ckpt)  # asked before the cleanup frees the space
+        shutil.rmtree(tmp, ignore_errors=True)
+        if reason is None or isinstance(err, CheckpointError):
+            raise
+        raise CheckpointError(f"{final}: cannot write the checkpoint ({reason}); the previous checkpoint is "
+                              "intact") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     atomic_write_text(directory / LATEST, name + "\n")
     _prune(directory, keep, protect=name)
     return final
+
+
+def _write_failure(err: Exception, directory: Path, ckpt: Checkpoint) -> str | None:
+    """What failed a checkpoint write, when it is the filesystem's doing (full, read-only, quota), else ``None``.
+
+    safetensors and torch.save report a full disk as their own errors (``os error 28``; torch's "unexpected pos"),
+    so a write that failed with less space free than the checkpoint needs counts as a full disk.
+    """
+    if isinstance(err, OSError) and err.errno is not None:
+        return err.strerror or os.strerror(err.errno)
+    text = str(err)
+    for errno in (28, 30, 122):  # ENOSPC, EROFS, EDQUOT
+        if f"os error {errno}" in text or os.strerror(errno) in text:
+            return os.strerror(errno)
+    try:
+        stat = os.statvfs(directory)
+    except OSError:
+        return None
+    need = sum(t.numel() * t.element_size() for t in ckpt.model.values())
+    free = stat.f_bavail * stat.f_frsize
+    return f"{os.strerror(28)}: {free:,} bytes free" if free < 3 * need else None
 
 
 def _written_here(path: Path) -> bool:

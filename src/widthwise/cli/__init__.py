@@ -7,6 +7,7 @@ application (and so torch) only inside ``run``, so building the parser and ``--h
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -18,6 +19,9 @@ from .. import __version__
 from ..app.console import setup_logging
 from ..errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, WidthwiseError
 from .args import Parser
+
+#: ``OSError`` numbers of a filesystem that is full, over quota, read-only or at the file size limit: bad input.
+_FILESYSTEM_FULL_OR_READ_ONLY = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 
 #: The command modules, in the order ``--help`` lists them.
 COMMANDS = ("train", "coord_check", "diagnose", "sweep", "analyze", "transfer", "calibrate", "export", "eval",
@@ -46,6 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except WidthwiseError as err:
         return _fail(str(err), EXIT_BAD_INPUT)
     except OSError as err:
+        if err.filename is None and err.errno in _FILESYSTEM_FULL_OR_READ_ONLY:  # a write to an open file
+            run = getattr(err, "widthwise_log", None)
+            return _fail(f"{Path(run).parent if run else 'writing'}: {err.strerror}", EXIT_BAD_INPUT)
         if err.filename is None:
             return _fail(f"internal error: {_crash(err)}", EXIT_FAILED)
         where = err.filename if err.filename2 is None else f"{err.filename} -> {err.filename2}"
