@@ -37,7 +37,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-
 #: Smallest weight (elements) that takes the fused path in eager mode. Below it, the per-call Python cost of a
 #: ``torch.autograd.Function`` (~10 us forward and backward) outweighs the passes it saves, and autograd's own
 #: C++ products are faster. Measured (our benchmark, ``row_col``, forward + backward of 10 weights in one graph,
