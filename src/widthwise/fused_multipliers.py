@@ -136,6 +136,8 @@ class _ScaledWeight(torch.autograd.Function):
                 grad_s = torch.dot(grad.reshape(-1), weight.reshape(-1).to(grad.dtype)) if need_s else None
                 return grad_v, grad_s, None, None, None, None
             weight, factor, row, col = ctx.saved_tensors
+            if torch.is_grad_enabled():  # create_graph: the factor again, from the inputs, so it is differentiated
+                factor = _outer(row, col, weight.ndim, out_axis, in_axis)
             grad_v = grad * factor if need_v else None  # dL/dV_ij = r_i c_j G_ij
             grad_r = grad_c = None
             if need_r or need_c:
@@ -190,14 +192,18 @@ class _ScaledEmbedding(torch.autograd.Function):
         col_t = col[flat] if col is not None else None
         factor = _outer(col_t, row, 2, 0, 1)  # (N, width), (1, width) or (N, 1)
         out = rows * factor
-        ctx.save_for_backward(flat, rows, factor, row, col_t)
+        ctx.save_for_backward(flat, rows, factor, row, col_t, weight, col)
         ctx.vocab, ctx.padding_idx, ctx.has = weight.shape[0], padding_idx, (row is not None, col is not None)
         return out.view(*ids.shape, weight.shape[1])
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        flat, rows, factor, row, col_t = ctx.saved_tensors
+        flat, rows, factor, row, col_t, weight, col = ctx.saved_tensors
         has_row, has_col = ctx.has
+        if torch.is_grad_enabled():  # create_graph: the forward's intermediates again, differentiably
+            rows = F.embedding(flat, weight)
+            col_t = col[flat] if col is not None else None
+            factor = _outer(col_t, row, 2, 0, 1)
         _, need_v, need_r, need_c, _ = ctx.needs_input_grad
         g = grad.reshape(-1, rows.shape[1])
         if ctx.padding_idx is not None:  # the padding token's lookups give no gradient, as in F.embedding
