@@ -38,6 +38,7 @@ TENSOR_PARTS = ("model", "optimizer", "scheduler", "rng")
 FILES = frozenset({"model.safetensors", "optimizer.pt", "state.json"})
 _FOLDER = re.compile(r"step_(\d{8,})")
 _TEMP = re.compile(r"\.step_\d{8,}\..+")
+_LATEST_TEMP = re.compile(rf"\.{LATEST}\..+\.tmp")  # atomic_write_text's temporary file of `latest`
 
 
 @dataclass
@@ -139,16 +140,18 @@ def _written_here(path: Path) -> bool:
 
 
 def _prune(directory: Path, keep: int, protect: str) -> None:
-    """Delete all but the newest ``keep`` checkpoints, and the temporary folders of killed writes (only folders
-    :func:`_written_here`)."""
+    """Delete all but the newest ``keep`` checkpoints, and the temporary folders and ``latest`` files of killed
+    writes (only folders :func:`_written_here`)."""
     done = sorted((int(m[1]), p) for p in directory.iterdir() if (m := _FOLDER.fullmatch(p.name)))
     ours = [p for _, p in done if _written_here(p)]
     for old in ours[:-keep] if keep > 0 else []:
         if old.name != protect:
             shutil.rmtree(old, ignore_errors=True)
-    for stale in directory.iterdir():
+    for stale in directory.iterdir():  # what writes that were killed left
         if _TEMP.fullmatch(stale.name) and _written_here(stale):
             shutil.rmtree(stale, ignore_errors=True)
+        elif _LATEST_TEMP.fullmatch(stale.name) and stale.is_file() and not stale.is_symlink():
+            stale.unlink(missing_ok=True)
 
 
 def latest_checkpoint(directory: Path) -> Path | None:
