@@ -3,8 +3,9 @@
 The multipliers of arXiv 2601.04890 (BRIEF section 2) make a layer apply ``W = s V`` or
 ``W = diag(r) V diag(c)`` (``W_ij = r_i V_ij c_j``). Built as separate element-wise products, autograd
 walks each product twice backwards (one pass for the gradient of each factor, one to reduce it) and the
-effective weight is written twice forwards. Here the forward writes ``W = V * (r c^T)`` once and the
-backward uses the closed forms of BRIEF section 2, with ``G = dL/dW``:
+effective weight is written twice forwards. The fused path (weights of at least :data:`FUSED_MIN_NUMEL`
+elements in eager mode) writes ``W = V * (r c^T)`` once and its backward uses the closed forms of BRIEF
+section 2, with ``G = dL/dW``:
 
 - ``dL/dV_ij = r_i c_j G_ij`` (one product with the outer product saved from the forward);
 - ``dL/dr_i = sum_j V_ij c_j G_ij`` and ``dL/dc_j = sum_i r_i V_ij G_ij``: one product ``G * V`` and two
@@ -17,11 +18,22 @@ multipliers to the looked-up rows only, ``h_n = V[t_n] * (r * c[t_n])`` (same pr
 as the table, so the folded table gives bit-identical outputs), and is chosen where it touches fewer
 elements (``tokens < vocab``; otherwise the table, built once, is cheaper).
 
-Measured (our benchmark, eager fp32, one thread, 2-core AMD EPYC with other jobs running; forward +
-backward of the weight alone, median of alternating repetitions; see the docstrings of
-:func:`scaled_weight` and :func:`scaled_embedding` for the figures). Under ``torch.compile`` the plain
-element-wise expression is used: inductor fuses it (forward and backward) into loops of its own, and a
-hand-written backward with BLAS calls would only take that fusion away.
+Which path runs where was chosen by measurement (our benchmark: eager fp32, one thread, 2-core AMD EPYC
+with other jobs running, load average 5-6; forward + backward, medians of alternating repetitions). Weights:
+:data:`FUSED_MIN_NUMEL`. The embedding (microseconds: old table / fused table / rows / no multipliers):
+
+- 4096 x 128, 1,024 tokens: 3474 / 3368 / 1671 / 770; 4,096 tokens: 2511 / 2601 / 2676 / 1208;
+  8,192 tokens: 3211 / 3252 / 5292 / 2178;
+- 4096 x 256, 1,024 tokens: 7240 / 6198 / 2181 / 910; 4,096 tokens: 8251 / 4859 / 5526 / 1850;
+  8,192 tokens: 5188 / 4795 / 8178 / 2383.
+
+The rows win below ``tokens = vocab`` and lose above it, hence the switch there. Under ``torch.compile`` the
+plain element-wise expressions are used, on our reasoning rather than a measurement of ours: inductor fuses
+them (forward and backward) into loops of its own, which a hand-written backward with BLAS calls would break.
+
+In eager mode on a CPU these passes remain memory-bound work of O(in x out) per weight per step; against the
+O(tokens x in x out) matrix products they cost a few percent at 1,024 tokens per step and well under 1% from
+8,192 (see the report of issue 19 for the step-time figures).
 
 A Linear layer could also apply the multipliers to its activations, ``y = r * (V (c * x))``, never building
 ``W``: that costs O(tokens x (in + out)) element-wise passes against O(in x out) here, a loss at training
@@ -53,9 +65,8 @@ def _compiling() -> bool:
 
 def _no_autocast(grad: torch.Tensor) -> contextlib.AbstractContextManager:
     """Autocast off for a backward run inside an autocast region (entering a context costs ~10 us: only then)."""
-    device = grad.device.type
-    if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
-        return torch.autocast(device, enabled=False)
+    if _autocasting(grad):
+        return torch.autocast(grad.device.type, enabled=False)
     return contextlib.nullcontext()
 
 
@@ -163,16 +174,37 @@ def scaled_weight(
     Give ``scalar`` alone, or ``row`` and/or ``col`` (vectors along ``out_axis`` / ``in_axis``).
     ``fused=True``: a :class:`torch.autograd.Function` whose backward is the closed form of BRIEF section 2
     (arXiv 2601.04890), see the module docstring; ``False``: :func:`unfused_weight`; ``None`` (default): fused
-    in eager mode for weights of at least :data:`FUSED_MIN_NUMEL` elements, unfused for smaller ones and
-    under ``torch.compile`` (inductor fuses the plain expression itself).
+    in eager mode for weights of at least :data:`FUSED_MIN_NUMEL` elements; for smaller ones autograd's own
+    products (``row_col``: ``V * addr(r, c)``, see :func:`_addr`); under ``torch.compile`` the plain expression
+    (inductor fuses it itself).
     """
     if scalar is None and row is None and col is None:
         return weight
+    compiling = _compiling()
     if fused is None:
-        fused = weight.numel() >= FUSED_MIN_NUMEL and not _compiling()
-    if not fused:
-        return unfused_weight(weight, scalar, row, col, out_axis, in_axis)
-    return _ScaledWeight.apply(weight, scalar, row, col, out_axis, in_axis)
+        fused = weight.numel() >= FUSED_MIN_NUMEL and not compiling
+    if fused:
+        return _ScaledWeight.apply(weight, scalar, row, col, out_axis, in_axis)
+    if row is not None and col is not None and weight.ndim == 2 and not compiling and not _autocasting(weight):
+        return weight * _addr(row, col, out_axis)
+    return unfused_weight(weight, scalar, row, col, out_axis, in_axis)
+
+
+def _addr(row: torch.Tensor, col: torch.Tensor, out_axis: int) -> torch.Tensor:
+    """``r_i c_j`` laid out as the weight, by ``torch.addr``: autograd's backward of it is two ``gemv``.
+
+    The closed forms of BRIEF section 2 without a Python ``Function``: with ``V * (r c^T)``, autograd gives
+    ``dL/d(r c^T) = G * V`` and ``addr``'s derivative turns it into ``(G * V) c`` and ``(G * V)^T r``, the same
+    work as :class:`_ScaledWeight`'s backward (our derivation). Products are exact (``beta=0``, ``alpha=1``).
+    Not under autocast, which runs ``addr`` in half precision on CUDA.
+    """
+    zero = row.new_zeros(())
+    return torch.addr(zero, row, col, beta=0) if out_axis == 0 else torch.addr(zero, col, row, beta=0)
+
+
+def _autocasting(tensor: torch.Tensor) -> bool:
+    device = tensor.device.type
+    return torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
 
 
 class _ScaledEmbedding(torch.autograd.Function):

@@ -4,7 +4,10 @@
 ``torch.nn.utils.parametrize``: ``V`` keeps its optimizer and weight decay, the multipliers are separate
 parameters (role ``multiplier``) that average gradient noise over a row, column or the whole matrix and so
 escape the weight-decay/noise equilibrium that pins ``rms(V)``. ``fold_multipliers`` multiplies them (and
-the fixed forward multipliers of a recipe) into the weights and leaves the plain model.
+the fixed forward multipliers of a recipe) into the weights and leaves the plain model. The effective weight
+and its gradients come from :mod:`widthwise.fused_multipliers` (a fused pass with the closed-form gradients
+for large weights, the looked-up rows only for an embedding); the parameters and ``state_dict`` names are
+``parametrize``'s either way.
 """
 
 from __future__ import annotations

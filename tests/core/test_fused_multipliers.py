@@ -105,6 +105,21 @@ def test_default_path_by_size():
     assert fm.scaled_weight(large[0]) is large[0]  # no multipliers: the weight itself
 
 
+@pytest.mark.parametrize("shape,axes", [((6, 9), (0, 1)), ((9, 6), (1, 0))])
+def test_small_row_col_by_addr_equals_the_products(shape, axes):
+    weight, _, row, col = _factors("row_col", shape, *axes)
+    upstream = torch.randn(shape, dtype=F64)
+    small = fm.scaled_weight(weight, None, row, col, *axes)
+    plain = fm.unfused_weight(weight, None, row, col, *axes)
+    assert "Addr" in type(small.grad_fn.next_functions[1][0]).__name__
+    torch.testing.assert_close(small, plain, rtol=0, atol=0)
+    for a, b in zip(_grads([weight, row, col], small, upstream), _grads([weight, row, col], plain, upstream),
+                    strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # not addr under autocast (half precision on CUDA)
+        assert "Addr" not in type(fm.scaled_weight(weight, None, row, col, *axes).grad_fn.next_functions[1][0]).__name__
+
+
 def _embedding_reference(ids, weight, row, col, padding_idx):
     return F.embedding(ids, fm.unfused_weight(weight, None, row, col, 1, 0), padding_idx)
 
@@ -149,7 +164,7 @@ def test_embedding_with_many_tokens_builds_the_table_once():
     torch.testing.assert_close(out, _embedding_reference(ids, weight, row, col, None), rtol=0, atol=0)
 
 
-def test_compiled_expressions_match_in_eager(monkeypatch):
+def test_traced_expressions_match_in_eager(monkeypatch):
     """The plain expressions ``torch.compile`` traces give the fused paths' values and gradients."""
     weight, _, row, col = _factors("row_col", (40, 6), 1, 0)
     ids = torch.randint(0, 40, (2, 5))
