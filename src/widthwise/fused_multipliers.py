@@ -274,10 +274,8 @@ def scaled_embedding(
         table = scaled_weight(weight, None, row, col, 1, 0)
         return F.embedding(ids, table, padding_idx)
     if _compiling():
-        out = F.embedding(ids, weight, padding_idx)
-        if col is not None:
-            out = out * (F.embedding(ids, col.unsqueeze(1), padding_idx) * (row if row is not None else 1))
-        elif row is not None:
-            out = out * row
-        return out
+        factor = row if col is None else col[ids].unsqueeze(-1) * (row if row is not None else 1)
+        if padding_idx is not None:  # the padding token's lookups give the multipliers no gradient either
+            factor = torch.where((ids == padding_idx).unsqueeze(-1), factor.detach(), factor)
+        return F.embedding(ids, weight, padding_idx) * factor
     return _ScaledEmbedding.apply(ids, weight, row, col, padding_idx)

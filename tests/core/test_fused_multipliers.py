@@ -164,14 +164,17 @@ def test_embedding_with_many_tokens_builds_the_table_once():
     torch.testing.assert_close(out, _embedding_reference(ids, weight, row, col, None), rtol=0, atol=0)
 
 
-def test_traced_expressions_match_in_eager(monkeypatch):
+@pytest.mark.parametrize("kind", ["row_col", "row", "col"])
+@pytest.mark.parametrize("padding_idx", [None, 2])
+def test_traced_expressions_match_in_eager(monkeypatch, kind, padding_idx):
     """The plain expressions ``torch.compile`` traces give the fused paths' values and gradients."""
-    weight, _, row, col = _factors("row_col", (40, 6), 1, 0)
-    ids = torch.randint(0, 40, (2, 5))
-    tensors = [weight, row, col]
-    fused = fm.scaled_embedding(ids, weight, row, col, 2)
+    weight, _, row, col = _factors(kind, (40, 6), 1, 0)
+    ids = torch.randint(0, 40, (2, 5), generator=torch.Generator().manual_seed(3))
+    ids[0, 0] = ids[1, 1] = 2
+    tensors = _inputs(weight, None, row, col)
+    fused = fm.scaled_embedding(ids, weight, row, col, padding_idx)
     monkeypatch.setattr(fm, "_compiling", lambda: True)
-    traced = fm.scaled_embedding(ids, weight, row, col, 2)
+    traced = fm.scaled_embedding(ids, weight, row, col, padding_idx)
     torch.testing.assert_close(traced, fused, rtol=0, atol=0)
     upstream = torch.randn(fused.shape, dtype=F64)
     for a, b in zip(_grads(tensors, traced, upstream), _grads(tensors, fused, upstream), strict=True):
