@@ -57,6 +57,7 @@ def _same_run(run: Path, reference: Path) -> None:
     for a, b in zip(diag, ref, strict=True):
         assert {n: m["rms"] for n, m in a["matrices"].items()} == {n: m["rms"] for n, m in b["matrices"].items()}
     assert RunDir(run).summary()["status"] == "completed"
+    assert not [p for p in run.rglob("*.tmp")], "a killed write's temporary file is left"
     left = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert left == ["latest", f"step_{STEPS - 4:08d}", f"step_{STEPS:08d}"], left  # pruned; no killed write left
 
@@ -216,6 +217,23 @@ def test_sigkill_inside_a_checkpoint_write_then_resume_is_exact(reference, tmp_p
     assert (run / "checkpoints" / "latest").read_text().strip() == f"step_{step:08d}"  # a complete checkpoint
     assert left(run / "checkpoints"), sorted(p.name for p in (run / "checkpoints").iterdir())
     assert main(["train", "--resume", str(run)]) == 0
+    _same_run(run, reference)
+
+
+@pytest.mark.parametrize("name", ["config.yaml", pytest.param("plan.txt", marks=pytest.mark.slow)])
+def test_sigkill_inside_an_atomic_write_of_the_run_leaves_nothing_once_resumed(reference, tmp_path, name):
+    """Killed between writing the temporary file of ``name`` and renaming it: the resume removes the temporary
+    file (under the run's lock) and trains exactly."""
+    def at_rename(frame: FrameType) -> bool:
+        return frame.f_code.co_name == "atomic_write_bytes" and Path(frame.f_locals["path"]).name == name
+
+    run = tmp_path / "run"
+    _killed(spawn(tmp_path, ["train", "tiny", "--out", str(run), *sets()], _at("replace", "c_call", 1, at_rename)))
+    assert len(list(run.glob(f".{name}.*.tmp"))) == 1
+    if not (run / "config.yaml").exists():  # killed before the run's first config.yaml: start again
+        assert main(["train", "tiny", "--out", str(run), *sets()]) == 0
+    else:
+        assert main(["train", "--resume", str(run)]) == 0
     _same_run(run, reference)
 
 

@@ -183,3 +183,17 @@ def test_an_unexpected_exception_while_training_writes_its_traceback_into_the_ru
     assert line == f"widthwise: error: internal error: RuntimeError: injected bug (traceback in {run / 'crash.log'})"
     log = (run / "crash.log").read_text()
     assert "Traceback (most recent call last)" in log and "injected bug" in log
+
+
+def test_a_start_the_session_refuses_leaves_no_folder_and_an_interrupted_start_can_start_again(tmp_path, capsys):
+    """The lock makes the folder before the session checks the config: a refused start takes it away again, and a
+    folder a killed start left (its lock, an empty checkpoints/, a temporary config.yaml) is accepted by --out."""
+    run = tmp_path / "run"
+    assert main(["train", "tiny", "--out", str(run), *sets("train.steps=5", "model.vocab_size=100")]) == 2
+    assert "model.vocab_size" in one_line(capsys)
+    assert not run.exists()
+    (run / "checkpoints").mkdir(parents=True)
+    (run / ".widthwise.lock").touch()
+    (run / ".config.yaml.abcd1234.tmp").write_text("partial")
+    assert main(["train", "tiny", "--out", str(run), *sets("train.steps=5")]) == 0
+    assert not list(run.glob("*.tmp"))

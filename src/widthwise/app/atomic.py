@@ -7,8 +7,9 @@ import contextlib
 import fcntl
 import io
 import os
+import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +46,33 @@ def fsync_dir(directory: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+#: The temporary file of :func:`atomic_write_bytes` (``mkstemp``: ``.NAME.`` then 8 random characters, ``.tmp``).
+_TEMP = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+
+
+def temp_of(path: Path) -> str | None:
+    """The name of the file whose temporary file of :func:`atomic_write_bytes` ``path`` is (a killed write leaves
+    one), else ``None``."""
+    path = Path(path)
+    if not (_TEMP.fullmatch(path.name) and path.is_file() and not path.is_symlink()):
+        return None
+    return path.name[1:].rsplit(".", 2)[0]
+
+
+def remove_stale_temps(folder: Path, of: Callable[[str], bool]) -> list[Path]:
+    """Delete the temporary files that killed :func:`atomic_write_bytes` calls left in ``folder`` (not below it)
+    for the files whose names ``of`` accepts; the removed paths. Only for a folder no other process is writing (a
+    run directory under its lock)."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for path in Path(folder).iterdir():
+            name = temp_of(path)
+            if name is not None and of(name):
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
 
 
 def atomic_write_text(path: Path, text: str) -> None:

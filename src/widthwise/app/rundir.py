@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from ..errors import CheckpointError, ConfigError, RunError
-from .atomic import atomic_write_text, file_lock
+from .atomic import atomic_write_text, file_lock, remove_stale_temps, temp_of
 from .checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import Config, from_dict
 from .inputs import load_yaml
@@ -41,6 +41,8 @@ __all__ = ["LOCK_FILE", "RESOLVED_FIELDS", "RunDir"]
 
 #: The lock file inside a run directory that its training process holds (:meth:`RunDir.hold`).
 LOCK_FILE = ".widthwise.lock"
+#: The files of a run directory written atomically (whose temporary files a killed write can leave).
+RUN_FILES = frozenset({"config.yaml", "plan.txt", "summary.json", "samples.txt", "diagnostics.json"})
 
 #: User fields that a run resolves when they are ``null``, stored under ``resolved:`` (section -> keys).
 RESOLVED_FIELDS = {"model": ("vocab_size", "embedding_multiplier", "head_multiplier", "attention_scale"),
@@ -63,10 +65,10 @@ class RunDir:
     # -- opening ----------------------------------------------------------------------------------------
     @classmethod
     def create(cls, path: Path, what: str = "--out") -> RunDir:
-        """A new run at ``path``, made on the first write; :class:`RunError` if it holds anything (but the lock
-        file) or lies inside another run directory."""
+        """A new run at ``path``, made on the first write; :class:`RunError` if it holds anything (but what a start
+        killed before writing its ``config.yaml`` leaves) or lies inside another run directory."""
         path = Path(path)
-        if path.exists() and (not path.is_dir() or any(p.name != LOCK_FILE for p in path.iterdir())):
+        if path.exists() and (not path.is_dir() or not all(map(cls._left_by_a_start, path.iterdir()))):
             raise RunError(f"{what} {path}: already exists and is not empty; use --resume {path} or another --out")
         for parent in path.absolute().resolve().parents:
             if cls.is_run(parent):
@@ -75,20 +77,31 @@ class RunDir:
         return cls(path, what)
 
     @staticmethod
+    def _left_by_a_start(path: Path) -> bool:
+        """What a start killed before its ``config.yaml`` leaves: the lock, an empty ``checkpoints/``, a temp file."""
+        if path.name == "checkpoints" and path.is_dir() and not path.is_symlink():
+            return not any(path.iterdir())
+        return path.name == LOCK_FILE or temp_of(path) in RUN_FILES
+
+    @staticmethod
     def is_run(path: Path) -> bool:
         """Whether ``path`` is a run directory: a ``config.yaml`` beside ``checkpoints/``, or a training's lock."""
         path = Path(path)
         return ((path / "config.yaml").is_file() and (path / "checkpoints").is_dir()) or (path / LOCK_FILE).is_file()
 
     @contextlib.contextmanager
-    def hold(self) -> Iterator[RunDir]:
+    def hold(self, new: bool = False) -> Iterator[RunDir]:
         """Hold the run's lock (``.widthwise.lock``, made with the directory) for the block: one process trains a
         run at a time. :class:`RunError` if another process holds it, or the directory cannot be written.
 
         The lock is an ``flock`` (:func:`~widthwise.app.atomic.file_lock`), which the kernel drops when its process
-        dies: a SIGKILLed run never blocks its resume. An unexpected exception leaving the block carries the run's
-        :attr:`crash_file` as ``widthwise_log``, where the command line writes its traceback.
+        dies: a SIGKILLed run never blocks its resume. Once it is held, the temporary files of atomic writes that a
+        kill interrupted (``.config.yaml.*.tmp``, in the run's folder and its plot folders) are removed. An
+        unexpected exception leaving the block carries the run's :attr:`crash_file` as ``widthwise_log``, where the
+        command line writes its traceback. A ``new`` run whose folder the block made and that fails before writing
+        its ``config.yaml`` (a config the session refuses) takes its folder away again.
         """
+        made = new and not self.path.exists()
         with contextlib.ExitStack() as stack:
             try:
                 self.path.mkdir(parents=True, exist_ok=True)
@@ -99,13 +112,27 @@ class RunDir:
             if not locked:
                 raise RunError(f"{self.what} {self.path}: another widthwise process is training this run (it holds "
                                f"{self.lock_file}); wait for it to end, or stop it first")
+            remove_stale_temps(self.path, RUN_FILES.__contains__)  # what killed writes left
+            for folder in (self.plots_dir, self.diagnosis_plots_dir):
+                remove_stale_temps(folder, lambda name: name.endswith(".png"))
             try:
                 yield self
             except BaseException as err:
-                if getattr(err, "widthwise_log", None) is None:
+                if made and not self.has_config():
+                    self._unmake()
+                elif getattr(err, "widthwise_log", None) is None:
                     with contextlib.suppress(AttributeError, TypeError):
                         err.widthwise_log = self.crash_file  # type: ignore[attr-defined]
                 raise
+
+    def _unmake(self) -> None:
+        """Remove the folder of a start that failed before its ``config.yaml``, if it holds only what it left."""
+        with contextlib.suppress(OSError):
+            entries = list(self.path.iterdir())
+            if all(map(self._left_by_a_start, entries)):
+                for path in entries:
+                    path.rmdir() if path.is_dir() else path.unlink()
+                self.path.rmdir()
 
     @classmethod
     def open(cls, path: Path, what: str = "RUN_DIR") -> RunDir:

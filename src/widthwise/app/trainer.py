@@ -86,7 +86,7 @@ def resume(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> Result
 def _hold(run: RunDir, stack: ExitStack, new: bool) -> RunDir:
     """Take ``run``'s lock (:meth:`RunDir.hold`) until ``stack`` closes; a ``new`` run is checked empty again under
     it (another start may have taken the directory first)."""
-    stack.enter_context(run.hold())
+    stack.enter_context(run.hold(new))
     return RunDir.create(run.path, run.what) if new else run
 
 
