@@ -51,11 +51,11 @@ import torch.nn.functional as F
 
 #: Smallest weight (elements) that takes the fused path in eager mode. Below it, the per-call Python cost of a
 #: ``torch.autograd.Function`` (~10 us forward and backward) outweighs the passes it saves, and autograd's own
-#: C++ products are faster. Measured (our benchmark, ``row_col``, forward + backward of 10 weights in one graph,
-#: 1 thread, AMD EPYC, load average 6 on 2 cores; minimum / median microseconds per weight, unfused -> fused):
-#: 64x128 49.5/57.1 -> 57.9/68.0; 128x128 56.8/63.4 -> 65.7/70.0; 352x128 96/131 -> 106/168;
-#: 256x256 133/211 -> 138/246; 704x256 374/582 -> 360/615; 512x512 528/699 -> 511/967;
-#: 4096x128 1061/1145 -> 961/1027; 4096x256 2631/3808 -> 2196/4335; 1024x1024 2841/4605 -> 1935/3939.
+#: C++ products are faster, ``V * addr(r, c)`` fastest of all (:func:`_addr`). Measured (our benchmark,
+#: ``row_col``, forward + backward of 10 weights in one graph, 1 thread, 2-core AMD EPYC at load average 4-5;
+#: minimum microseconds per weight, the old ``(V * r) * c`` / the Function / ``V * addr(r, c)``):
+#: 64x128 51 / 61 / 43; 128x128 79 / 88 / 69; 352x128 128 / 128 / 110; 256x256 205 / 225 / 153;
+#: 704x256 550 / 498 / 506; 512x512 734 / 687 / 704; 4096x128 1624 / 1373 / 1699; 1024x1024 3432 / 2916 / 3061.
 FUSED_MIN_NUMEL = 1 << 17
 
 
@@ -86,9 +86,9 @@ def unfused_weight(
 ) -> torch.Tensor:
     """``s * V`` or ``V * (r c^T)`` as plain element-wise products, differentiated by autograd.
 
-    The reference the fused path is tested against, and the faster path for small weights and under
-    ``torch.compile``. Every path multiplies in the same order, ``V_ij * (r_i * c_j)``, so a folded weight and
-    the rows :func:`scaled_embedding` looks up agree to the bit.
+    The reference the fused paths are tested against, and the expression ``torch.compile`` traces. Every
+    path multiplies in the same order, ``V_ij * (r_i * c_j)``, so a folded weight and the rows
+    :func:`scaled_embedding` looks up agree to the bit.
     """
     if scalar is not None:
         return weight * scalar
