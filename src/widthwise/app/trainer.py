@@ -214,12 +214,12 @@ def _train(config: Config, run: RunDir, stored: Config | None, d: Distributed) -
                 f"{session.model.num_parameters(exclude_embedding=False) / 1e6:.2f}M parameters, recipe "
                 f"{session.built.recipe.name}, multipliers {config.multipliers.kind}, {config.optim.name}, "
                 f"{session.runtime.describe()}{ranks}")
-    loop = _Loop(session, run, progress, started, resumed=stored is not None)
-    try:
-        with _deferred_signals(progress):
+    with _deferred_signals(progress):  # before the logs open: a signal once metrics.jsonl exists is deferred
+        loop = _Loop(session, run, progress, started, resumed=stored is not None)
+        try:
             status, code = loop.run()
-    finally:
-        loop.logs.close()
+        finally:
+            loop.logs.close()
     summary = _summary(session, progress, status, loop.monitor is not None)
     t = config.train
     sample = None

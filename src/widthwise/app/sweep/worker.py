@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import fcntl
 import json
 import logging
 import os
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import EXIT_BAD_INPUT, EXIT_BUSY, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_OK, RunError, WidthwiseError
+from ..atomic import file_lock
 from ..console import setup_logging
 from ..rundir import RunDir
 
@@ -40,18 +40,12 @@ def lock_path(run_dir: Path) -> Path:
 
 @contextlib.contextmanager
 def run_lock(run_dir: Path) -> Iterator[bool]:
-    """An exclusive, non-blocking lock on ``run_dir`` (released when the process dies); yields whether it got it."""
+    """An exclusive, non-blocking lock on ``run_dir`` (released when the process dies); yields whether it got it.
+
+    The lock file sits beside the run (the trainer's own lock is inside it, so a worker never blocks itself)."""
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_path(run_dir), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)
+    with file_lock(lock_path(run_dir)) as got:
+        yield got
 
 
 def die_with_parent(parent: int | None) -> None:
