@@ -4,7 +4,7 @@ intervals, and the claim records of ``experiments/results/claims.json``.
 Sweeps write under ``runs/experiments/<experiment>/<sweep>`` (git-ignored; ``WIDTHWISE_EXPERIMENTS_OUT`` moves it);
 figures and numbers land in ``experiments/results`` (committed). Every sweep is an ordinary widthwise sweep
 directory, so a killed reproduction resumes where it stopped. Each sweep's finished runs, without their
-checkpoints, are also archived in ``experiments/results/runs/<experiment>/<sweep>.tar.xz`` (committed): on a fresh
+checkpoints, are also archived in ``experiments/results/archive/<experiment>/<sweep>.tar.xz`` (committed): on a fresh
 checkout an analysis restores them, and a restored sweep resumes with only its unfinished points to train.
 """
 
@@ -52,7 +52,7 @@ def sweep_dir(experiment: str, name: str) -> Path:
 
 
 def archive_path(experiment: str, name: str) -> Path:
-    return RESULTS / "runs" / experiment / f"{name}.tar.xz"
+    return RESULTS / "archive" / experiment / f"{name}.tar.xz"
 
 
 def archive(experiment: str, name: str) -> Path | None:

@@ -4,7 +4,7 @@ Each experiment is a folder of sweep files and an ``analyze.py`` whose ``SWEEPS`
 ``analyze()`` turns their runs into figures (``experiments/results/figures``), its own JSON and claim records,
 merged into ``experiments/results/claims.json``. Sweeps resume: rerun the same command after an interruption.
 ``--sweeps-only`` trains without analysing; ``--analyze-only`` analyses what has finished. Each sweep's finished
-runs are archived into ``experiments/results/runs`` as it ends (``--archive``: now, for every started sweep,
+runs are archived into ``experiments/results/archive`` as it ends (``--archive``: now, for every started sweep,
 finished or not) and restored from there when a checkout has no sweep directory.
 """
 
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--sweeps-only", action="store_true", help="train, do not analyse")
     group.add_argument("--analyze-only", action="store_true", help="analyse the finished runs, train nothing")
     group.add_argument("--archive", action="store_true", help="archive every started sweep's finished runs into "
-                       "experiments/results/runs, train and analyse nothing")
+                       "experiments/results/archive, train and analyse nothing")
     parser.add_argument("--workers", type=int, default=2, help="runs at a time (default 2)")
     parser.add_argument("--threads", type=int, default=1, help="threads per run (default 1)")
     args = parser.parse_args(argv)

@@ -1,4 +1,4 @@
-"""A sweep's archive (experiments/results/runs/<experiment>/<sweep>.tar.xz) keeps its finished runs without their
+"""A sweep's archive (experiments/results/archive/<experiment>/<sweep>.tar.xz) keeps its finished runs without their
 checkpoints; on a checkout without the sweep directory it is restored with the unfinished rows pending."""
 
 from __future__ import annotations
