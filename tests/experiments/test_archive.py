@@ -38,7 +38,8 @@ def test_archive_keeps_finished_runs_without_checkpoints(sweep):
     root, points = sweep
     path = lib.archive("exp", "grid")
     assert path == lib.archive_path("exp", "grid") and path.is_file()
-    names = set(tarfile.open(path).getnames())
+    with tarfile.open(path) as tar:
+        names = set(tar.getnames())
     assert {"results.db", "sweep.yaml", f"runs/{points[0].name}/metrics.jsonl",
             f"runs/{points[1].name}/metrics.jsonl"} <= names
     assert not any("checkpoints" in n for n in names)
