@@ -67,6 +67,9 @@ def plot_loss_vs_lr(rows_by: Mapping[str, Sequence[Mapping[str, Any]]], summarie
             ax.plot([b["lr"]], [b["val_loss"]], "*", color=f"C{i}", ms=12)
         ax.set(xscale="log", xlabel="base LR (proxy width 32)", ylabel="validation loss",
                title=f"{LABELS.get(name, name)}\n{s['verdict']}")
+        lrs = sorted({r["lr"] for r in rows_by[name]})
+        ax.set_xticks(lrs, [f"{lr:g}" for lr in lrs], minor=False)
+        ax.set_xticks([], minor=True)
         ax.legend(fontsize=7)
     return atomic_savefig(fig, path, dpi=120)
 
