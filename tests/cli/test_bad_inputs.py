@@ -66,6 +66,34 @@ def _write(name: str, content: bytes) -> Callable[[Path], None]:
     return lambda run: (run / name).write_bytes(content)
 
 
+def _state(**changes: object) -> Callable[[Path], None]:
+    """Resume-ready (no summary.json) with the step-5 checkpoint's state.json changed: a ``None`` drops the field."""
+    def edit(run: Path) -> None:
+        (run / "summary.json").unlink()
+        path = run / "checkpoints" / "step_00000005" / "state.json"
+        state = json.loads(path.read_text())
+        for key, value in changes.items():
+            if value is None:
+                state.pop(key)
+            else:
+                state[key] = value
+        path.write_text(json.dumps(state))
+    return edit
+
+
+def _optimizer_pt(part: str, drop: str) -> Callable[[Path], None]:
+    """Resume-ready with ``drop`` removed from the ``part`` of the step-5 checkpoint's optimizer.pt."""
+    def edit(run: Path) -> None:
+        import torch
+
+        (run / "summary.json").unlink()
+        path = run / "checkpoints" / "step_00000005" / "optimizer.pt"
+        rest = torch.load(path, weights_only=True)
+        rest[part].pop(drop)
+        torch.save(rest, path)
+    return edit
+
+
 def _run_config(text: str) -> dict[str, object]:
     """A run directory whose config.yaml is ``text``."""
     return {"run": DIR, "run/config.yaml": text, "run/checkpoints": DIR}
@@ -230,6 +258,20 @@ CASES = [
      ["diagnose", "{tmp}/run"], "which is not a checkpoint folder"),
     ("run-weights-truncated", {"run": _trained(_write("checkpoints/step_00000005/model.safetensors", b"\0" * 8))},
      ["export", "{tmp}/run", "--out", "{tmp}/hf"], "model.safetensors"),
+    ("run-state-no-sampler", {"run": _trained(_state(sampler=None))}, ["train", "--resume", "{tmp}/run"],
+     "state.json: the field 'sampler' is missing"),
+    ("run-state-no-step", {"run": _trained(_state(step=None))}, ["diagnose", "{tmp}/run"],
+     "state.json: the field 'step' is missing"),
+    ("run-state-tokens-text", {"run": _trained(_state(tokens="many"))}, ["train", "--resume", "{tmp}/run"],
+     "the field 'tokens' is str, not int"),
+    ("run-state-no-recent", {"run": _trained(_state(recent=None))}, ["train", "--resume", "{tmp}/run"],
+     "(state.json): the field 'recent' is missing"),
+    ("run-state-sampler-garbage", {"run": _trained(_state(sampler={"version": 1}))},
+     ["train", "--resume", "{tmp}/run"], "the sampler state does not fit"),
+    ("run-optimizer-no-state", {"run": _trained(_optimizer_pt("optimizer", "state"))},
+     ["train", "--resume", "{tmp}/run"], "optimizer state does not fit"),
+    ("run-rng-missing", {"run": _trained(_optimizer_pt("rng", "torch"))}, ["train", "--resume", "{tmp}/run"],
+     "(RNG state): the field 'torch' is missing"),
     # -- HF export folders -------------------------------------------------------------------------------------
     ("export-out-not-empty", {"hf": DIR, "hf/notes.txt": "mine\n", **_run_config("model: {width: 64}\n")},
      ["export", "{tmp}/run", "--out", "{tmp}/hf"], "already exists and is not empty"),

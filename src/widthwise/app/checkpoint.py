@@ -166,6 +166,23 @@ def latest_checkpoint(directory: Path) -> Path | None:
     return path
 
 
+#: The fields of ``state.json`` every resume reads, with their JSON types (the trainer's own are its to check).
+STATE_FIELDS: dict[str, type | tuple[type, ...]] = {"step": int, "sampler": dict, "tokens": int}
+
+
+def require_fields(state: Any, fields: dict[str, type | tuple[type, ...]], where: str) -> None:
+    """A :class:`CheckpointError` naming the first of ``fields`` that ``state`` lacks or holds with another type."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{where}: not a mapping of checkpoint fields")
+    for name, kind in fields.items():
+        if name not in state:
+            raise CheckpointError(f"{where}: the field {name!r} is missing")
+        value = state[name]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise CheckpointError(f"{where}: the field {name!r} is {type(value).__name__}, not "
+                                  f"{getattr(kind, '__name__', kind)}")
+
+
 def load_checkpoint(path: Path) -> Checkpoint:
     """Load a checkpoint folder; any missing or corrupt part is a :class:`CheckpointError` naming the file."""
     path = Path(path)
@@ -189,6 +206,8 @@ def load_checkpoint(path: Path) -> Checkpoint:
         raise CheckpointError(f"{path / 'optimizer.pt'}: unreadable optimizer state ({name})") from None
     if not isinstance(rest, dict) or not {"optimizer", "scheduler", "rng"} <= set(rest):
         raise CheckpointError(f"{path / 'optimizer.pt'}: missing optimizer, scheduler or RNG state")
+    require_fields(state, STATE_FIELDS, str(state_file))
+    require_fields(rest["rng"], {"torch": torch.Tensor}, f"{path / 'optimizer.pt'} (RNG state)")
     step = state.pop("step")
     state.pop("version")
     return Checkpoint(step, model, rest["optimizer"], rest["scheduler"], rest["rng"], state)

@@ -287,5 +287,8 @@ class Session:
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        self.sampler.load_state_dict(state["sampler"])
+        try:
+            self.sampler.load_state_dict(state["sampler"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{where}: the sampler state does not fit ({type(err).__name__}: {err})") from None
         self.step, self.tokens = state["step"], state["tokens"]

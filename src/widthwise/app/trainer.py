@@ -29,7 +29,7 @@ from ..diagnostics.monitor import TrainingDiagnostics
 from ..diagnostics.multiplier_stats import multiplier_stats
 from ..errors import EXIT_DIVERGED, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, ConfigError
 from ..schedules import ScheduleRatio
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, require_fields
 from .config import Config, apply_overrides, config_keys
 from .distributed import Distributed, process_group
 from .metrics import MetricsLog
@@ -129,7 +129,11 @@ class _Progress:
                 "initial_loss": self.initial_loss, "recent": self.recent, "val_loss": self.val_loss}
 
     @classmethod
-    def from_state(cls, s: dict[str, Any]) -> _Progress:
+    def from_state(cls, s: dict[str, Any], where: str = "checkpoint state.json") -> _Progress:
+        """The progress a checkpoint recorded; a :class:`CheckpointError` naming a field it lacks."""
+        number, optional = (int, float), (int, float, type(None))
+        require_fields(s, {"elapsed_s": number, "train_s": number, "initial_loss": optional, "recent": list,
+                           "val_loss": optional}, where)
         return cls(s["elapsed_s"], s["train_s"], s.get("diagnostics_s", 0.0), s["initial_loss"], s["recent"],
                    s["val_loss"])
 
@@ -202,7 +206,7 @@ def _train(config: Config, run: RunDir, stored: Config | None, d: Distributed) -
     if ckpt is not None:
         session.check_config(ckpt.session_state())  # config.yaml edited since the checkpoint: refused, named
         session.load_state_dict(ckpt.session_state())
-        progress = _Progress.from_state(ckpt.state)
+        progress = _Progress.from_state(ckpt.state, f"checkpoint step {ckpt.step} (state.json)")
     if d.main:
         run.write_config(config, session.resolved(), session.plan,
                          session.built.plan.table(config.optim.lr, config.optim.weight_decay,
