@@ -112,6 +112,34 @@ def test_adamw_groups_carry_base_times_factor(setup):
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
 
 
+def test_adamw_runs_torchs_fused_kernel_where_it_has_one(setup):
+    """CPU parameters: fused AdamW by default (torch's own default is its per-tensor loop, 3x slower), the plan's
+    LR and WD unchanged; an explicit implementation choice is kept; meta parameters get torch's default."""
+    model, plan = setup
+    opt = ww.build_optimizer(model, plan, lr=LR, weight_decay=WD)
+    assert all(g["fused"] is True and not g["foreach"] for g in opt.param_groups)
+    for chosen in ({"fused": False}, {"foreach": True}, {"differentiable": True}):
+        other = ww.build_optimizer(model, plan, lr=LR, weight_decay=WD, **chosen)
+        assert all(g["fused"] in (None, False) for g in other.param_groups), chosen
+        assert [(g["lr"], g["weight_decay"]) for g in other.param_groups] == [
+            (g["lr"], g["weight_decay"]) for g in opt.param_groups]
+    meta = llama(128, meta=True)
+    assert all(not g["fused"] for g in ww.build_optimizer(meta, ww.plan(meta, recipe="sp")).param_groups)
+    muon = ww.build_optimizer(model, _muon_plan(model), lr=LR, weight_decay=WD)
+    assert all(g["fused"] is True for g in muon.optimizers["adamw"].param_groups)
+    copies = [[torch.nn.Parameter(p.detach().clone()) for p in g["params"]] for g in opt.param_groups]
+    pairs = list(zip(copies, opt.param_groups, strict=True))
+    torch_fused = torch.optim.AdamW([{"params": ps, "lr": g["lr"], "weight_decay": g["weight_decay"]}
+                                     for ps, g in pairs], betas=(0.9, 0.95), fused=True)
+    for ps, g in pairs:
+        for copy, p in zip(ps, g["params"], strict=True):
+            p.grad = torch.randn_like(p)
+            copy.grad = p.grad.clone()
+    opt.step()
+    torch_fused.step()
+    assert all(torch.equal(c, p) for ps, g in pairs for c, p in zip(ps, g["params"], strict=True))
+
+
 def test_multiplier_settings_come_from_the_plan(setup):
     model, _ = setup
     plan = ww.plan(model, base=llama(32, meta=True), multiplier_lr=1e-2, multiplier_weight_decay=0)

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.optim import AdamW, Optimizer
+from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
 from ..forward import missing_forward_multipliers
 from ..planning import ParamPlan, Plan
@@ -24,11 +25,13 @@ try:  # torch builds without distributed support have no DTensor, hence no shard
 except ImportError:  # pragma: no cover - not on the supported builds
     DTensor = None
 
-__all__ = ["OPTIMIZERS", "build_optimizer", "is_sharded", "muon_ns_dtype"]
+__all__ = ["OPTIMIZERS", "build_optimizer", "fused_adamw_supported", "is_sharded", "muon_ns_dtype"]
 
 #: Settings that change factors: they belong to :func:`widthwise.plan`, named as ``plan`` takes them.
 PLAN_SETTINGS = {"multiplier_lr": "multiplier_lr", "multiplier_weight_decay": "multiplier_weight_decay",
                  "adjust_lr_fn": "muon_adjust_lr_fn"}
+#: AdamW arguments that choose its implementation: given any, :func:`build_optimizer` leaves the choice to them.
+IMPLEMENTATION_SETTINGS = {"fused", "foreach", "capturable", "differentiable"}
 
 
 def build_optimizer(
@@ -54,7 +57,11 @@ def build_optimizer(
     Muon's base LR. The plan says which optimizer trains each parameter (``ww.plan(..., optimizer=...)``), with
     which factors, Muon's ``adjust_lr_fn`` and the multipliers' own LR and WD; ``optimizer=`` here is accepted
     only if it agrees with the plan. AdamW defaults to the LLM pretraining ``betas=(0.9, 0.95)``; other AdamW
-    arguments (``fused``, ``foreach``, ...) pass through.
+    arguments (``fused``, ``foreach``, ...) pass through. Given none of ``fused``, ``foreach``, ``capturable``
+    and ``differentiable``, AdamW runs torch's fused kernel wherever it has one for every parameter's device and
+    dtype (:func:`fused_adamw_supported`; CPU included, where torch's own default is its per-tensor loop): the
+    same update, one kernel per group instead of a dozen per tensor (width 128 on one CPU thread: 9.2 -> 2.9 ms
+    a step), rounded differently in the last bit (``fused=False`` gives torch's default back).
 
     A Muon plan gives Muon (:class:`widthwise.optim.muon.BatchedMuon`, a batched ``torch.optim.Muon``) on the
     hidden matrices and AdamW on everything else, as one :class:`CombinedOptimizer`; on matrices that FSDP2's
@@ -119,6 +126,9 @@ def build_optimizer(
     if not any(groups.values()):
         raise ValueError(f"{type(model).__name__} has no trainable parameters")
     adamw_groups, muon_groups = list(groups["adamw"].values()), list(groups["muon"].values())
+    if (adamw_groups and not set(adamw_kwargs) & IMPLEMENTATION_SETTINGS
+            and fused_adamw_supported([p for g in adamw_groups for p in g["params"]])):
+        adamw_kwargs["fused"] = True  # else torch's default (foreach on CUDA): fused=False would force its loop
     adamw = AdamW(adamw_groups, lr=lr, betas=betas, eps=eps, **adamw_kwargs) if adamw_groups else None
     if plan.optimizer == "adamw":
         return adamw  # type: ignore[return-value]  # not None: every trainable parameter is AdamW's
@@ -135,6 +145,13 @@ def build_optimizer(
         muon = muon_class(muon_groups, lr=lr if muon_lr is None else muon_lr, momentum=momentum, nesterov=nesterov,
                            ns_steps=ns_steps, adjust_lr_fn=plan.muon_adjust_lr_fn, ns_dtype=ns_dtype)
     return CombinedOptimizer({k: v for k, v in (("muon", muon), ("adamw", adamw)) if v is not None})
+
+
+def fused_adamw_supported(params: list[torch.Tensor]) -> bool:
+    """Whether torch's fused AdamW kernel takes every one of ``params``: floating point, on a device it has the
+    kernel for (CPU, CUDA, ...; not ``meta``)."""
+    devices = set(_get_fused_kernels_supported_devices())
+    return bool(params) and all(p.device.type in devices and torch.is_floating_point(p) for p in params)
 
 
 def is_sharded(param: torch.Tensor) -> bool:
