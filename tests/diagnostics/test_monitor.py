@@ -69,3 +69,47 @@ def test_the_stored_v_sigma_is_logged_where_multipliers_make_it_differ_and_only_
     # the stored pass iterates only the matrices with multipliers (the head's stored V is its sigma_max)
     assert set(spectra.last_iterations) == set(monitor.parametrized)
     assert "head.weight" not in monitor.parametrized and "sigma_max_stored" not in record["matrices"]["head.weight"]
+
+
+def test_a_measurement_classifies_nothing_and_builds_each_effective_weight_once(monkeypatch):
+    """The structure is found when the monitor is made; a measurement evaluates each parametrized weight once
+    (shared by its RMS, sigma_max and the qk drift) beside the gains' forward pass, and records what the
+    standalone functions give."""
+    from torch.nn.utils import parametrize
+
+    import widthwise.diagnostics as diagnostics
+
+    built = _built()
+    with torch.no_grad():  # multipliers away from 1, so effective and stored weights differ
+        for name, p in built.model.named_parameters():
+            if p.ndim == 1:
+                p.mul_(1.0 + 0.1 * torch.rand(p.shape, generator=torch.Generator().manual_seed(len(name))))
+    batch = torch.randint(0, 300, (2, 16), generator=torch.Generator().manual_seed(0))
+    monitor = TrainingDiagnostics(built.model, built.optimizer, batch)
+    calls = []
+    original = parametrize.ParametrizationList.forward
+    monkeypatch.setattr(parametrize.ParametrizationList, "forward",
+                        lambda self: calls.append(1) or original(self))
+    with torch.no_grad():
+        built.model(batch)
+    per_forward, calls[:] = len(calls), []
+
+    def refused(*args, **kwargs):
+        raise AssertionError("classified during a measurement")
+
+    for module in (diagnostics.gains, diagnostics.matrices, diagnostics.multiplier_stats, diagnostics.monitor):
+        for name in ("classify", "parameter_sites", "matrix_sites"):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, refused)
+    record, _, _ = monitor.measure(3)
+    assert len(calls) == len(monitor.parametrized) + per_forward and monitor.parametrized
+    monkeypatch.undo()
+    assert record["symmetry"] == diagnostics.symmetry_drift(built.model)
+    assert record["multipliers"] == diagnostics.multiplier_stats(built.model)
+    gains = diagnostics.sublayer_gains(built.model, batch)
+    assert record["gains"] == diagnostics.gain_summary(gains)
+    sigmas = diagnostics.top_singular_values(built.model, which="stored", warm_start=False)
+    for name in monitor.parametrized:
+        entry = record["matrices"][name]
+        assert entry["sigma_max_stored"] == pytest.approx(sigmas[name], rel=1e-3)
+        assert entry["sigma_max"] != pytest.approx(entry["sigma_max_stored"], rel=1e-3)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.optim import AdamW, Muon, Optimizer
 
+from ..roles import ParamSite
 from .matrices import matrix_sites, stored_weight
 from .spectra import rms
 
@@ -131,26 +132,30 @@ def abm_trajectory(
     return trajectory
 
 
-def _holder(optimizer: Optimizer, param: torch.Tensor) -> tuple[dict[str, Any], str] | None:
-    """``(param group, kind)`` holding ``param`` (by identity), looking into a CombinedOptimizer's children.
+def _holders(optimizer: Optimizer) -> dict[int, tuple[dict[str, Any], str]]:
+    """``{id(param): (param group, kind)}`` over the optimizer's parameters, looking into a CombinedOptimizer's
+    children.
 
     ``kind`` is ``"muon"``, ``"adamw"`` (AdamW, or Adam with decoupled decay) or the optimizer's class name.
     """
     children = getattr(optimizer, "optimizers", None)
+    found: dict[int, tuple[dict[str, Any], str]] = {}
     for child in children.values() if isinstance(children, Mapping) else [optimizer]:
         for group in child.param_groups:
-            if not any(p is param for p in group["params"]):
-                continue
             if isinstance(child, Muon) or ("ns_steps" in group and "betas" not in group):
-                return group, "muon"
-            if isinstance(child, AdamW) or group.get("decoupled_weight_decay") is True:
-                return group, "adamw"
-            return group, type(child).__name__.lower()
-    return None
+                kind = "muon"
+            elif isinstance(child, AdamW) or group.get("decoupled_weight_decay") is True:
+                kind = "adamw"
+            else:
+                kind = type(child).__name__.lower()
+            for p in group["params"]:
+                found.setdefault(id(p), (group, kind))
+    return found
 
 
 def equilibrium_report(
-    model: nn.Module, optimizer: Optimizer, *, betas: Sequence[float] | None = None
+    model: nn.Module, optimizer: Optimizer, *, betas: Sequence[float] | None = None,
+    sites: Mapping[str, ParamSite] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Each matrix's stored-weight RMS against the AdamW noise equilibrium of its current param group.
 
@@ -159,11 +164,13 @@ def equilibrium_report(
     (``"adamw"``, ``"muon"`` or another optimizer's class name), ``role`` (the group's, if recorded),
     ``equilibrium_rms`` (:func:`equilibrium_rms` with the group's betas, or ``betas``; ``None`` unless AdamW
     with ``lr > 0`` and ``weight_decay > 0``), ``ratio`` (``rms`` over it, or ``None``) and
-    ``relaxation_steps``. A ratio near 1 after many relaxation times marks a noise-pinned matrix.
+    ``relaxation_steps``. A ratio near 1 after many relaxation times marks a noise-pinned matrix. ``sites``: the
+    model's :func:`~widthwise.diagnostics.matrices.matrix_sites`, found beforehand.
     """
     report = {}
-    for name, site in matrix_sites(model).items():
-        found = _holder(optimizer, site.param)
+    holders = _holders(optimizer)
+    for name, site in (matrix_sites(model) if sites is None else sites).items():
+        found = holders.get(id(site.param))
         if found is None:
             continue
         group, kind = found

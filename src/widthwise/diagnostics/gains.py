@@ -124,7 +124,8 @@ def _pooled_gains(records: Mapping[str, list]) -> dict[str, float]:
     return gains
 
 
-def sublayer_gains(model: nn.Module, batch: Any, *, blocks: str = DEFAULT_BLOCK_PATTERN) -> dict[str, float]:
+def sublayer_gains(model: nn.Module, batch: Any, *, blocks: str = DEFAULT_BLOCK_PATTERN,
+                   modules: Mapping[str, nn.Module] | None = None) -> dict[str, float]:
     """Fan et al.'s sublayer gain ``rms(W x) / rms(x)`` of every matrix layer and block, by module name.
 
     Matrix layers (:func:`matrix_layers`: ``blocks.0.attn.q_proj``, ``head``) compare their output, bias and
@@ -136,13 +137,24 @@ def sublayer_gains(model: nn.Module, batch: Any, *, blocks: str = DEFAULT_BLOCK_
 
     One no-grad forward pass in eval mode on the unwrapped model (``torch.compile``/DDP wrappers looked through,
     so the hooks fire and no gradient sync is triggered); hooks are removed and train/eval modes restored after.
-    A zero input gives ``nan``.
+    A zero input gives ``nan``. ``modules``: the modules to measure, as :func:`gain_modules` gives them (``blocks``
+    is then not used).
+    """
+    inner = unwrap(model)
+    return _pooled_gains(_measure(inner, gain_modules(inner, blocks) if modules is None else modules, batch))
+
+
+def gain_modules(model: nn.Module, blocks: str = DEFAULT_BLOCK_PATTERN) -> dict[str, nn.Module]:
+    """The modules :func:`sublayer_gains` measures, by name, in module order: the matrix layers, then the blocks.
+
+    Finding them classifies the model's parameters; a caller measuring the same model repeatedly (the training
+    monitor) finds them once and passes them as ``sublayer_gains(..., modules=...)``.
     """
     inner = unwrap(model)
     chosen = {**matrix_layers(inner), **block_modules(inner, blocks)}
     modules = {name: m for name, m in inner.named_modules() if name in chosen}  # in module order
     modules.update({name: m for name, m in chosen.items() if name not in modules})  # a module shared under 2 names
-    return _pooled_gains(_measure(inner, modules, batch))
+    return modules
 
 
 def gain_summary(

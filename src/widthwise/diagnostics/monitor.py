@@ -14,12 +14,13 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..roles import ParamSite
 from .equilibrium import equilibrium_report
-from .gains import gain_summary, sublayer_gains
-from .matrices import effective_weight, matrix_sites
-from .multiplier_stats import drift_warnings, multiplier_stats, symmetry_drift
+from .gains import gain_modules, gain_summary, sublayer_gains
+from .matrices import effective_weight, matrix_sites, stored_weight
+from .multiplier_stats import SymmetryMonitor, drift_warnings, multiplier_groups, multiplier_stats
 from .naming import pool_by_layer_type
-from .spectra import rms, top_singular_values
+from .spectra import rms, site_matrices, top_sigmas
 
 
 class TrainingDiagnostics:
@@ -46,42 +47,53 @@ class TrainingDiagnostics:
         self.model, self.optimizer, self.batch = model, optimizer, batch
         self.spectra, self.drift_threshold = spectra, drift_threshold
         self.warned: set[str] = set()
+        # What does not change while the model trains, found once: classification walks every module (and
+        # builds every effective weight through hasattr), which cost more than the measurements themselves.
         self.sites = matrix_sites(model)
         #: Matrices whose applied weight is not the stored one (learnable multipliers, fixed scales).
         self.parametrized = [n for n, s in self.sites.items() if parametrize.is_parametrized(s.module, s.tensor_name)]
+        self.gain_modules = gain_modules(model) if batch is not None else {}
+        self.matrix_modules = {s.module_name for s in self.sites.values()}
+        self.multipliers = multiplier_groups(model)
+        self.symmetry = SymmetryMonitor(model)
 
     @torch.no_grad()
     def measure(self, step: int) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
         """``(record, tensorboard scalars, new warnings)`` for the model as it is at ``step``."""
         matrices: dict[str, dict[str, Any]] = {name: {} for name in self.sites}
+        # Each effective weight is built once per measurement, shared by its RMS, sigma_max and the qk drift.
+        built = {name: effective_weight(self.sites[name]) for name in self.parametrized}
+
+        def applied(site: ParamSite) -> torch.Tensor:
+            return built[site.name] if site.name in built else effective_weight(site)
+
         for name in self.parametrized:
-            matrices[name]["rms_effective"] = rms(effective_weight(self.sites[name]))
+            matrices[name]["rms_effective"] = rms(built[name])
         if self.spectra:
-            for name, sigma in top_singular_values(self.model, which="effective").items():
+            for name, sigma in top_sigmas(site_matrices(self.sites, applied), "effective").items():
                 matrices[name]["sigma_max"] = sigma
             if self.parametrized:  # the stored V of the others is the matrix just measured: not measured twice
-                stored = top_singular_values(self.model, which="stored", names=self.parametrized)
+                stored = top_sigmas(site_matrices(self.sites, stored_weight, self.parametrized), "stored")
                 for name in self.parametrized:
                     matrices[name]["sigma_max_stored"] = stored[name]
         if self.optimizer is not None:
-            for name, entry in equilibrium_report(self.model, self.optimizer).items():
+            for name, entry in equilibrium_report(self.model, self.optimizer, sites=self.sites).items():
                 matrices[name].update(rms=entry["rms"], lr=entry["lr"], weight_decay=entry["weight_decay"],
                                       equilibrium_rms=entry["equilibrium_rms"], equilibrium_ratio=entry["ratio"])
         for name, site in self.sites.items():
             matrices[name].setdefault("rms", rms(site.param.detach()))
         record: dict[str, Any] = {"step": step, "matrices": matrices}
         if self.batch is not None:
-            gains = sublayer_gains(self.model, self.batch)
+            gains = sublayer_gains(self.model, self.batch, modules=self.gain_modules)
             for name, site in self.sites.items():
                 if site.module_name in gains:
                     matrices[name]["sublayer_gain"] = gains[site.module_name]
-            record["blocks"] = {k: v for k, v in gains.items()
-                                if k not in {s.module_name for s in self.sites.values()}}
+            record["blocks"] = {k: v for k, v in gains.items() if k not in self.matrix_modules}
             record["gains"] = gain_summary(gains)
-        stats = multiplier_stats(self.model)
+        stats = multiplier_stats(self.model, groups=self.multipliers)
         if stats:
             record["multipliers"] = stats
-        drift = symmetry_drift(self.model)
+        drift = self.symmetry(applied)
         if drift:
             record["symmetry"] = drift
         record["warnings"] = drift_warnings(drift, self.drift_threshold) if drift else []

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -45,7 +45,9 @@ from .naming import layer_type
 
 __all__ = [
     "DEFAULT_NORM_READERS",
+    "SymmetryMonitor",
     "drift_warnings",
+    "multiplier_groups",
     "multiplier_stats",
     "multiplier_values",
     "symmetry_drift",
@@ -72,22 +74,34 @@ def _multiplier_sites(model: nn.Module) -> dict[str, ParamSite]:
     return {name: site for name, site in parameter_sites(model).items() if site.multiplier_of is not None}
 
 
-@torch.no_grad()
-def multiplier_stats(model: nn.Module) -> dict[str, dict[str, float]]:
-    """``{layer type: {mean, std, min, max}}`` over every multiplier value of that type, all blocks pooled.
-
-    Layer types come from :func:`widthwise.diagnostics.naming.layer_type` (``attn.q_proj.row``, ``embed.col``).
-    """
+def multiplier_groups(model: nn.Module) -> dict[str, list[torch.Tensor]]:
+    """Every multiplier parameter by layer type (:func:`widthwise.diagnostics.naming.layer_type`), types sorted:
+    what :func:`multiplier_stats` pools (find them once to measure the same model repeatedly)."""
     groups: dict[str, list[torch.Tensor]] = {}
     for name, site in _multiplier_sites(model).items():
-        groups.setdefault(layer_type(name), []).append(site.param.detach().float().flatten())
-    stats = {}
-    for key, tensors in sorted(groups.items()):
-        values = torch.cat(tensors)
-        std = values.std().item() if values.numel() > 1 else 0.0
-        stats[key] = {"mean": values.mean().item(), "std": std, "min": values.min().item(),
-                      "max": values.max().item()}
-    return stats
+        groups.setdefault(layer_type(name), []).append(site.param)
+    return dict(sorted(groups.items()))
+
+
+@torch.no_grad()
+def multiplier_stats(model: nn.Module, *, groups: Mapping[str, Sequence[torch.Tensor]] | None = None
+                     ) -> dict[str, dict[str, float]]:
+    """``{layer type: {mean, std, min, max}}`` over every multiplier value of that type, all blocks pooled.
+
+    Layer types come from :func:`widthwise.diagnostics.naming.layer_type` (``attn.q_proj.row``, ``embed.col``);
+    ``groups``: the model's :func:`multiplier_groups`, found beforehand. One host sync.
+    """
+    groups = multiplier_groups(model) if groups is None else groups
+    if not groups:
+        return {}
+    rows = []
+    for tensors in groups.values():
+        values = torch.cat([t.detach().float().flatten() for t in tensors])
+        std = values.std() if values.numel() > 1 else torch.zeros((), device=values.device)
+        rows.append(torch.stack([values.mean(), std, values.min(), values.max()]))
+    numbers = torch.stack(rows).tolist()
+    return {key: dict(zip(("mean", "std", "min", "max"), row, strict=True))
+            for key, row in zip(groups, numbers, strict=True)}
 
 
 @torch.no_grad()
@@ -145,13 +159,14 @@ class _Structure:
         return torch.stack(factors).prod() if factors else None
 
 
-def _pair_monitors(st: _Structure) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def _pair_monitors(st: _Structure, effective: Callable[[ParamSite], torch.Tensor]
+                   ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """``qk``, ``vo`` and ``up_down`` per attention/MLP module, as (numerator, denominator) scales."""
     out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for parent in st.slots:
         q, k = st.one(parent, "q"), st.one(parent, "k")
         if q and k:
-            out[f"qk.{parent}"] = (_rms(effective_weight(st.weights[q])), _rms(effective_weight(st.weights[k])))
+            out[f"qk.{parent}"] = (_rms(effective(st.weights[q])), _rms(effective(st.weights[k])))
         for key, (a, b) in (("vo", ("v", "o")), ("up_down", ("up", "down"))):
             first, second = st.one(parent, a), st.one(parent, b)
             num = st.side_scale(first, "row") if first else None
@@ -199,9 +214,9 @@ def _norm_readers(model: nn.Module, st: _Structure, norm_readers: Mapping[str, S
     return found
 
 
-def _norm_monitors(model: nn.Module, st: _Structure, norm_readers: Mapping[str, Sequence[str]]) -> dict:
+def _norm_monitors(model: nn.Module, st: _Structure, readers_of: Mapping[str, list[str]]) -> dict:
     out = {}
-    for norm, readers in _norm_readers(model, st, norm_readers).items():
+    for norm, readers in readers_of.items():
         scales = [st.side_scale(r, "col") for r in readers]
         if scales and all(s is not None for s in scales):
             out[f"norm_vs_cols.{norm}"] = (_rms(model.get_submodule(norm).weight), _geomean(scales))
@@ -219,7 +234,30 @@ def _residual_monitor(st: _Structure) -> dict:
     return {"residual": (_geomean(scales), torch.ones((), device=scales[0].device))}
 
 
-@torch.no_grad()
+class SymmetryMonitor:
+    """:func:`symmetry_drift` of one model, its structure (roles, slots, norm readers) found once: call it for the
+    values at the model's current weights."""
+
+    def __init__(self, model: nn.Module, name_map: Mapping[str, str] | None = None, *,
+                 norm_readers: Mapping[str, Sequence[str]] | None = None) -> None:
+        self.model = unwrap(model)
+        self.structure = _Structure(self.model, name_map)
+        self.readers = _norm_readers(self.model, self.structure, norm_readers or DEFAULT_NORM_READERS)
+
+    @torch.no_grad()
+    def __call__(self, effective: Callable[[ParamSite], torch.Tensor] = effective_weight) -> dict[str, float]:
+        """The drift values now; ``effective`` gives the weight a layer applies (a caller that has built them
+        already passes a lookup)."""
+        st = self.structure
+        pairs = {**_pair_monitors(st, effective), **_norm_monitors(self.model, st, self.readers),
+                 **_residual_monitor(st)}
+        if not pairs:
+            return {}
+        values = torch.stack([torch.stack(p).to(torch.float32) for p in pairs.values()]).cpu().tolist()
+        return {key: math.log2(num / den) for key, (num, den) in zip(pairs, values, strict=True)
+                if num != 0 and den != 0}
+
+
 def symmetry_drift(
     model: nn.Module,
     name_map: Mapping[str, str] | None = None,
@@ -232,16 +270,9 @@ def symmetry_drift(
     the monitors that apply (a plain MLP gives ``{}``). Slots are found by :data:`widthwise.multipliers.
     DEFAULT_NAME_MAP` (``name_map`` overrides entries), norm readers by :data:`DEFAULT_NORM_READERS`
     (``norm_readers`` replaces it). No forward pass; one host sync. A side whose scale is exactly 0 (a
-    zero-initialised matrix) gives no value.
+    zero-initialised matrix) gives no value. Measuring one model repeatedly: :class:`SymmetryMonitor`.
     """
-    model = unwrap(model)
-    st = _Structure(model, name_map)
-    pairs = {**_pair_monitors(st), **_norm_monitors(model, st, norm_readers or DEFAULT_NORM_READERS),
-             **_residual_monitor(st)}
-    if not pairs:
-        return {}
-    values = torch.stack([torch.stack(p).to(torch.float32) for p in pairs.values()]).cpu().tolist()
-    return {key: math.log2(num / den) for key, (num, den) in zip(pairs, values, strict=True) if num != 0 and den != 0}
+    return SymmetryMonitor(model, name_map, norm_readers=norm_readers)()
 
 
 def drift_warnings(drift: Mapping[str, float], threshold_log2: float = 3.0) -> list[str]:

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 import torch
 from torch import nn
 from torch.utils.weak import WeakIdKeyDictionary
 
+from ..roles import ParamSite
 from .matrices import as_linear_map, effective_weight, matrix_sites, stored_weight
 
 WHICH = ("effective", "stored")
@@ -43,9 +44,7 @@ def _matrices(model_or_tensors: ModelOrTensors, which: str,
         raise ValueError(f"which must be one of {', '.join(WHICH)}, got {which!r}")
     if isinstance(model_or_tensors, nn.Module):
         measure = effective_weight if which == "effective" else stored_weight
-        return {name: (site.param, as_linear_map(measure(site), site))
-                for name, site in matrix_sites(model_or_tensors).items()
-                if names is None or name in names}, which
+        return site_matrices(matrix_sites(model_or_tensors), measure, names), which
     if not isinstance(model_or_tensors, Mapping):
         raise TypeError(f"expected an nn.Module or a mapping of name -> tensor, got {type(model_or_tensors).__name__}")
     low = [name for name, t in model_or_tensors.items() if t.ndim < 2]
@@ -54,6 +53,15 @@ def _matrices(model_or_tensors: ModelOrTensors, which: str,
                          f"{'is' if len(low) == 1 else 'are'} not")
     return {name: (t, t.detach().reshape(t.shape[0], -1).float())
             for name, t in model_or_tensors.items() if names is None or name in names}, "mapping"
+
+
+def site_matrices(sites: Mapping[str, ParamSite], weight: Callable[[ParamSite], torch.Tensor],
+                  names: Collection[str] | None = None) -> Matrices:
+    """``{name: (warm-start key, 2-D float32 matrix)}`` of ``sites`` (those in ``names`` if given), ``weight(site)``
+    giving each one's tensor (:func:`effective_weight`, :func:`stored_weight`, or a lookup of weights built
+    already): the input of :func:`top_sigmas`."""
+    return {name: (site.param, as_linear_map(weight(site), site)) for name, site in sites.items()
+            if names is None or name in names}
 
 
 #: Vectors in the iterated subspace. A single vector converges at the rate sigma_2/sigma_1, which is close to 1
@@ -83,17 +91,20 @@ def _power_iteration(
     non-finite one NaN.
     """
     a = w if w.shape[0] >= w.shape[1] else w.T
-    if not bool(torch.isfinite(a).all()):
+    # A finite sum means finite entries (a NaN or inf entry makes the sum NaN or inf): one pass, no mask; an
+    # overflowing sum of finite entries falls through to the exact test.
+    if not math.isfinite(float(a.sum())) and not bool(torch.isfinite(a).all()):
         return math.nan, v, 0
     sigma, iters = 0.0, 0
+    av = a @ v
     while iters < max_iters:
-        q = torch.linalg.qr(a.T @ (a @ v)).Q
-        aq = a @ q
+        q = torch.linalg.qr(a.T @ av).Q
+        aq = a @ q  # the next iteration's ``a @ v``: two products with ``a`` per iteration, not three
         new = float(torch.linalg.eigvalsh(aq.T @ aq)[-1].clamp_min(0).sqrt())
         iters += 1
         if new == 0:
             return 0.0, v, iters
-        v = q
+        v, av = q, aq
         converged = abs(new - sigma) <= tol * new
         sigma = new
         if converged and iters >= min_iters:
@@ -101,8 +112,10 @@ def _power_iteration(
     return sigma, v, iters
 
 
-def _top_sigmas(matrices: Matrices, cache_name: str, tol: float, max_iters: int, warm_start: bool) -> dict[str, float]:
-    """Power-iteration ``sigma_max`` of resolved matrices, warm-started from and stored to ``_WARM[cache_name]``."""
+def top_sigmas(matrices: Matrices, cache_name: str, tol: float = 1e-4, max_iters: int = 200,
+               warm_start: bool = True) -> dict[str, float]:
+    """Power-iteration ``sigma_max`` of resolved matrices (:func:`site_matrices`), warm-started from and stored to
+    the warm start of ``cache_name`` (``"effective"``, ``"stored"``: shared with :func:`top_singular_values`)."""
     if tol <= 0 or max_iters < 1:
         raise ValueError(f"need tol > 0 and max_iters >= 1, got tol={tol!r}, max_iters={max_iters!r}")
     cache = _WARM[cache_name]
@@ -148,7 +161,7 @@ def top_singular_values(
     :data:`last_iterations`.
     """
     matrices, cache_name = _matrices(model_or_tensors, which, names)
-    return _top_sigmas(matrices, cache_name, tol, max_iters, warm_start)
+    return top_sigmas(matrices, cache_name, tol, max_iters, warm_start)
 
 
 def _svdvals(matrices: Matrices) -> dict[str, torch.Tensor]:
@@ -190,7 +203,7 @@ def spectral_summary(
     if exact:
         sigmas = {name: float(s[0]) if s.numel() else 0.0 for name, s in _svdvals(matrices).items()}
     else:
-        sigmas = _top_sigmas(matrices, cache_name, 1e-4, 200, True)
+        sigmas = top_sigmas(matrices, cache_name, 1e-4, 200, True)
     summary = {}
     for name, (_, w) in matrices.items():
         fro = float(w.double().norm())
