@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
 
-from widthwise.app.bench.runner import TARGETS, bench_plan
+from widthwise.app.bench.runner import TARGETS, bench_plan, table
 from widthwise.app.bench.sessions import PlainLoop, Setting, bench_config, session
 from widthwise.cli import main
 from widthwise.errors import ConfigError
 
 TINY = ["tiny", "--widths", "64,32", "--batch-size", "2", "--seq-len", "16", "--reps", "2", "--rounds", "1",
-        "--threads", "1", "--quiet", "--set", "model.kv_heads=2", "--set", "scaling.base_width=32"]
+        "--threads", "1", "--quiet", "--set", "model.kv_heads=2", "--set", "scaling.base_width=32",
+        "--scale-tokens", "64"]
 PER_POINT = ("multiplier_train_overhead", "folded_inference_ratio", "unfolded_inference_ratio", "muon_vs_adamw",
              "trainer_vs_plain_loop")
 
@@ -30,12 +32,27 @@ def test_bench_quick_writes_every_figure_per_width(report, capsys):
     out, r = report
     assert r["quick"] is True and r["plan"]["widths"] == [64, 32] and r["plan"]["modes"] == ["eager_fp32"]
     assert len(r["load_average"]["before"]) == 3 and r["machine"]["torch"] == torch.__version__
+    assert isinstance(r["machine"]["cpu_features"], list) and r["machine"]["cpu"]
     assert [p["width"] for p in r["results"]] == [64, 32]
     for p in r["results"]:
         assert p["mode"] == "eager_fp32" and p["tokens_per_step"] == 32
         for key in PER_POINT:
             fig = p[key]
-            assert fig["reps"] == 2 and fig["ratio"] > 0 and fig["pair_p25"] <= fig["pair_median"] <= fig["pair_p75"]
+            assert fig["ratio"] > 0 and fig["pair_p25"] <= fig["pair_median"] <= fig["pair_p75"]
+            if key in ("multiplier_train_overhead", "muon_vs_adamw", "trainer_vs_plain_loop"):  # 2 steps x 3 repeats
+                assert fig["reps"] == 6 and fig["repeats"] == 3
+                assert fig["repeat_min"] <= fig["repeat_median"] <= fig["repeat_max"]
+        lo, hi = p["diagnostics_overhead_range"]
+        assert lo <= hi and lo > 1
+    # quick: the at-scale point (64 tokens a step: 4 sequences) at the smallest width only
+    assert "at_scale" not in r["results"][0]
+    scale = r["results"][1]["at_scale"]
+    assert scale["tokens_per_step"] == 64 and set(scale["step_s"]) == {"row_col", "none", "plain_loop"}
+    assert scale["trainer_vs_plain_loop"]["repeats"] == 3 and scale["multiplier_train_overhead"]["ratio"] > 0
+    assert r["summary"]["at_scale"]["trainer_vs_plain_loop"]["target"] == 1.01
+    text = table(r)
+    assert "at 64 tokens a step, width 32 eager_fp32: mult " in text and "at scale: multiplier_train_overhead <= 1.01" in text
+    for p in r["results"]:
         assert set(p["tokens_per_s"]) == {"row_col", "none", "muon", "plain_loop"}
         assert all(v > 0 for v in p["tokens_per_s"].values())
         assert p["diagnostics_overhead"] > 1 and p["diagnostics_every"] == 50
@@ -60,13 +77,15 @@ def test_bench_quick_writes_every_figure_per_width(report, capsys):
 @pytest.mark.slow
 def test_bench_full_plan_compiles_and_prints_the_table(data_cache, tmp_path, capsys):
     out = tmp_path / "b.json"
-    assert main(["bench", "--out", str(out), "--no-plot", *TINY[:1], "--widths", "32", *TINY[3:]]) == 0
+    assert main(["bench", "--out", str(out), "--no-plot", *TINY[:1], "--widths", "32", *TINY[3:],
+                 "--scale-tokens", "0"]) == 0  # the at-scale point: the quick test's
     text = capsys.readouterr().out
     report = json.loads(out.read_text())
     assert [p["mode"] for p in report["results"]] == ["eager_fp32", report["results"][1]["mode"]]
     assert report["results"][1]["mode"] in ("compile_fp32", "compile_bf16") and "compile on" in \
         report["results"][1]["runtime"]
-    assert "trainer/plain" in text and "targets: multiplier_train_overhead <= 1.01" in text and str(out) in text
+    assert "trainer/plain" in text and "targets: multiplier_train_overhead <= 1.02" in text and str(out) in text
+    assert "at 32 tokens a step (the worst case)" in text and "at scale" not in text
     assert json.loads(out.read_text())["quick"] is False and not out.with_suffix(".png").exists()
 
 
@@ -107,6 +126,8 @@ def test_plain_loop_is_plain_pytorch_on_the_same_model(data_cache, one_thread):
     run = session(Setting("tiny", 32, "eager_fp32", 4, 16, 1), ["model.kv_heads=2", "scaling.base_width=32"])
     plain = PlainLoop(run)
     assert type(plain.optimizer) is torch.optim.AdamW
+    # the very tensors the trainer trains (no second model elsewhere in memory), with the trainer's AdamW kernel
+    assert plain.model is run.model and plain.optimizer.defaults["fused"] is True is run.optimizer.defaults["fused"]
     ours = sorted((g["lr"], g["initial_lr"], g["weight_decay"]) for g in run.built.optimizer.param_groups)
     assert sorted((g["lr"], g["initial_lr"], g["weight_decay"]) for g in plain.optimizer.param_groups) == ours
     assert {k: v.shape for k, v in plain.model.state_dict().items()} == \
@@ -121,3 +142,25 @@ def _exit_code(argv: list[str]) -> int:
         return main(argv)
     except SystemExit as exit_:
         return exit_.code
+
+
+def test_a_ratio_reports_its_spread_over_repeats_and_the_cpu_its_kind():
+    from widthwise.app.bench.timing import clock, cpu_kind, ratio
+
+    fig = ratio([1.0, 1.1, 2.0, 2.2, 3.0, 3.3], [1.0] * 6, repeats=3)  # three runs of 2 rounds, in order
+    assert (fig["repeats"], fig["repeat_min"], fig["repeat_median"], fig["repeat_max"]) == (3, 1.05, 2.1, 3.15)
+    assert fig["ratio"] == 2.1 and fig["ratio_of_medians"] == 2.1  # the figure: the median over the repeats
+    assert ratio([1.0, 1.0, 9.0, 1.0, 1.0, 1.0], [1.0] * 6, repeats=3)["ratio"] == 1.0
+    assert fig["reps"] == 6 and "repeats" not in ratio([1.0, 2.0], [1.0, 1.0])
+    assert ratio([1.0, 2.0], [1.0, 1.0], repeats=5)["repeats"] == 2  # never more repeats than rounds
+    info = {"cpu": "Xeon", "cpu_features": ["avx2", "avx512f", "avx512_bf16"], "cpu_count": 2, "threads": 1}
+    assert cpu_kind(info) == "Xeon (AVX512-BF16), 2 CPUs, 1 threads"
+    assert "(AVX2)" in cpu_kind({**info, "cpu_features": ["avx2"]})
+    threads = torch.get_num_threads()
+    try:  # one CPU thread: CPU time, which another process holding the core does not inflate
+        torch.set_num_threads(1)
+        assert clock() is time.process_time and clock(torch.device("cuda")) is time.perf_counter
+        torch.set_num_threads(2)
+        assert clock() is time.perf_counter
+    finally:
+        torch.set_num_threads(threads)

@@ -11,6 +11,7 @@ import gc
 import math
 import statistics
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -123,6 +124,7 @@ def spectra_and_diagnostics(run: Session, rounds: int, steps_between: int) -> di
         "power_iteration_s": {"warm": median_s(warm), "cold": median_s(cold), "svd": median_s(svd)},
         "matrices": len(exact),
         "diagnostics_measure_s": median_s(measure),
+        "diagnostics_measure_s_range": [median_s([min(measure)]), median_s([max(measure)])],
     }
 
 
@@ -166,10 +168,41 @@ def _layer_passes(tokens: int, rows: int, cols: int, device: torch.device, dtype
     return {name: backward(f) for name, f in forwards.items()}
 
 
+#: The step ratios measured again at the batch where matmuls dominate (``at_scale``).
+AT_SCALE = ("row_col", "none")
+
+
+def at_scale(setting: Setting, batch_size: int, reps: int, repeats: int, warmup: int,
+             overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """The multiplier and trainer step ratios at ``batch_size`` sequences a step, where the matmuls dominate the
+    step as in real training (the per-step costs that do not grow with the batch, Python and optimizer, are a
+    larger share at the small batch of the other figures, their worst case)."""
+    big = replace(setting, batch_size=batch_size)
+    runs = {name: session(big, [*overrides, *VARIANTS[name]]) for name in AT_SCALE}
+    plain = PlainLoop(runs["row_col"])
+    steps = training_steps(runs, plain, reps * repeats, warmup)
+    step_s = {name: median_s(t) for name, t in steps.items()}
+    tokens = batch_size * setting.seq_len
+    result = {
+        "tokens_per_step": tokens,
+        "multiplier_train_overhead": ratio(steps["row_col"], steps["none"], repeats),
+        "trainer_vs_plain_loop": ratio(steps["row_col"], steps["plain_loop"], repeats),
+        "step_s": step_s, "tokens_per_s": {name: round(tokens / s, 1) for name, s in step_s.items()},
+    }
+    del runs, plain
+    gc.collect()
+    return result
+
+
 def measure_point(setting: Setting, reps: int, warmup: int = 1, rounds: int = 3, steps_between: int = 2,
-                  overrides: list[str] | tuple[str, ...] = (), progress: Callable[[str], None] | None = None
-                  ) -> dict[str, Any]:
-    """Every per-width figure at ``setting``: a JSON-ready dict."""
+                  overrides: list[str] | tuple[str, ...] = (), progress: Callable[[str], None] | None = None,
+                  repeats: int = 1, scale_batch: int | None = None) -> dict[str, Any]:
+    """Every per-width figure at ``setting``: a JSON-ready dict.
+
+    Training steps run ``reps x repeats`` interleaved rounds, each step ratio reported with its spread over the
+    ``repeats`` (:func:`~widthwise.app.bench.timing.ratio`); ``scale_batch``: the multiplier and trainer ratios
+    also at that batch (:func:`at_scale`), when it is larger than the setting's.
+    """
     say = progress or (lambda stage: None)
     say("building")
     runs = {name: session(setting, [*overrides, *extra]) for name, extra in VARIANTS.items()}
@@ -177,7 +210,7 @@ def measure_point(setting: Setting, reps: int, warmup: int = 1, rounds: int = 3,
     row_col, runtime = runs["row_col"], runs["row_col"].runtime
     load_before = load_average()
     say("training steps")
-    steps = training_steps(runs, plain, reps, warmup)
+    steps = training_steps(runs, plain, reps * repeats, warmup)
     loader = data_loader_seconds(row_col, reps)
     tokens = setting.batch_size * setting.seq_len
     step_s = {name: median_s(t) for name, t in steps.items()}
@@ -194,15 +227,17 @@ def measure_point(setting: Setting, reps: int, warmup: int = 1, rounds: int = 3,
     result = {
         "width": setting.width, "mode": setting.label(), "runtime": runtime.describe(),
         "parameters": row_col.model.num_parameters(exclude_embedding=False), "tokens_per_step": tokens,
-        "multiplier_train_overhead": ratio(steps["row_col"], steps["none"]),
+        "multiplier_train_overhead": ratio(steps["row_col"], steps["none"], repeats),
         "folded_inference_ratio": infer["folded_inference_ratio"],
         "unfolded_inference_ratio": infer["unfolded_inference_ratio"],
         "folded_outputs_match": infer["folded_outputs_match"],
-        "muon_vs_adamw": ratio(steps["muon"], steps["row_col"]),
+        "muon_vs_adamw": ratio(steps["muon"], steps["row_col"], repeats),
         "muon_ns_dtype": muon_ns_dtype(runs["muon"].optimizer),
-        "trainer_vs_plain_loop": ratio(steps["row_col"], steps["plain_loop"]),
+        "trainer_vs_plain_loop": ratio(steps["row_col"], steps["plain_loop"], repeats),
         "diagnostics_overhead": round(1 + spectral["diagnostics_measure_s"] / (every * step_s["row_col"]), 5),
         "diagnostics_every": every,
+        "diagnostics_overhead_range": [round(1 + t / (every * step_s["row_col"]), 5)
+                                       for t in spectral["diagnostics_measure_s_range"]],
         **spectral,
         "step_s": step_s,
         "forward_s": infer["forward_s"],
@@ -213,10 +248,14 @@ def measure_point(setting: Setting, reps: int, warmup: int = 1, rounds: int = 3,
         "achieved_tflops": round(flops / step_s["row_col"] / 1e12, 4),
         "peak_tflops": round(peak / 1e12, 4) if peak else None, "peak_source": peak_source,
         "multiplier_paths": paths,
-        "load_average_before": load_before, "load_average_after": load_average(),
+        "load_average_before": load_before,
     }
     del runs, plain, row_col
     gc.collect()
+    if scale_batch is not None and scale_batch > setting.batch_size:
+        say("training steps at scale")
+        result["at_scale"] = at_scale(setting, scale_batch, reps, repeats, warmup, overrides)
+    result["load_average_after"] = load_average()
     return result
 
 

@@ -1,7 +1,7 @@
 """``widthwise bench``: every performance figure of widthwise, measured side by side, written to one JSON file.
 
-``--quick`` (eager fp32, two small widths, few repetitions) takes about 30 s on 2 quiet CPU cores;
-the full run (widths 256/512/1024, eager fp32 and compiled) is what BENCHMARKS.md reports.
+``--quick`` (eager fp32, two small widths, few repetitions, the at-scale point at the smaller) takes about a
+minute on 2 quiet CPU cores; the full run (widths 256/512/1024, eager fp32 and compiled) is what BENCHMARKS.md reports.
 """
 
 from __future__ import annotations
@@ -27,9 +27,14 @@ from .figures import measure_point, muon_optimizer
 from .sessions import MODES, Setting, bench_config, session
 from .timing import load_average, machine
 
-#: Ratios with a target, and the target (the ratio must not exceed it).
-TARGETS = {"multiplier_train_overhead": 1.01, "folded_inference_ratio": 1.02, "diagnostics_overhead": 1.02,
-           "trainer_vs_plain_loop": 1.02}
+#: Ratios with a target, and the target (the ratio must not exceed it), at the plan's small batch (1,024 tokens a
+#: step: the worst case, where the per-step costs that do not grow with the batch weigh most).
+TARGETS = {"multiplier_train_overhead": 1.02, "folded_inference_ratio": 1.02, "diagnostics_overhead": 1.01,
+           "trainer_vs_plain_loop": 1.01}
+#: The same step ratios at the batch where matmuls dominate (``scale_tokens`` a step), and their targets.
+SCALE_TARGETS = {"multiplier_train_overhead": 1.01, "trainer_vs_plain_loop": 1.01}
+#: Tokens a step at which the matmuls dominate a training step of the bench's models, as in real training.
+SCALE_TOKENS = 8192
 #: Ratios reported without a target.
 REPORTED = ("muon_vs_adamw", "unfolded_inference_ratio")
 #: Graphs dynamo may keep per code object while one point is measured (its models, with room to spare).
@@ -44,16 +49,24 @@ class Plan:
     modes: tuple[str, ...]
     batch_size: int
     seq_len: int
-    reps: int  # interleaved training steps per variant (and forwards, layer passes)
+    reps: int  # interleaved training steps per variant and repeat (and forwards, layer passes)
     rounds: int  # rounds of power iteration vs SVD, and of diagnostics measurements
     steps_between: int  # training steps before each of those rounds
     config: str = "demo"
     name: str = "full"
+    repeats: int = 3  # repeated measurements of every step ratio: its spread
+    scale_tokens: int = SCALE_TOKENS  # tokens a step of the at-scale point (0: none)
+    scale_smallest_only: bool = False  # the at-scale point at the smallest width only (else at every width)
+
+    def scale_batch(self) -> int | None:
+        """Sequences a step of the at-scale point: the fewest that hold ``scale_tokens`` (None: no such point)."""
+        return -(-self.scale_tokens // self.seq_len) if self.scale_tokens else None
 
 
-QUICK = Plan(name="quick", widths=(128, 256), modes=("eager_fp32",), batch_size=8, seq_len=128, reps=6, rounds=2,
-             steps_between=1)
-FULL = Plan(widths=(256, 512, 1024), modes=MODES, batch_size=8, seq_len=256, reps=12, rounds=3, steps_between=4)
+#: Quick: 1,024 tokens a step (the worst case) at two widths, the at-scale point (8,192) at the smaller only.
+QUICK = Plan(name="quick", widths=(128, 256), modes=("eager_fp32",), batch_size=8, seq_len=128, reps=3, rounds=2,
+             steps_between=1, scale_smallest_only=True)
+FULL = Plan(widths=(256, 512, 1024), modes=MODES, batch_size=4, seq_len=256, reps=6, rounds=3, steps_between=4)
 
 
 def bench_plan(quick: bool, **changes: Any) -> Plan:
@@ -65,9 +78,11 @@ def bench_plan(quick: bool, **changes: Any) -> Plan:
             raise ConfigError(f"--modes: unknown mode {mode!r}; expected some of {', '.join(MODES)}")
     if not plan.widths or not plan.modes:
         raise ConfigError("--widths and --modes need at least one value each")
-    for name in ("batch_size", "seq_len", "reps", "rounds"):
+    for name in ("batch_size", "seq_len", "reps", "rounds", "repeats"):
         if getattr(plan, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')}: must be a positive integer")
+    if plan.scale_tokens < 0:
+        raise ConfigError("--scale-tokens: must be 0 (no at-scale point) or a positive integer")
     return plan
 
 
@@ -94,8 +109,10 @@ def run_bench(plan: Plan, out: Path, *, threads: int | None = None, device: str 
         for s in bar:
             torch._dynamo.reset()
             point = f"width {s.width} {s.label()}"
+            scaled = not plan.scale_smallest_only or s.width == min(plan.widths)
             results.append(measure_point(s, plan.reps, rounds=plan.rounds, steps_between=plan.steps_between,
-                                         overrides=overrides,
+                                         overrides=overrides, repeats=plan.repeats,
+                                         scale_batch=plan.scale_batch() if scaled else None,
                                          progress=lambda stage, p=point: bar.set_postfix_str(f"{p}: {stage}")))
     smallest = replace(settings[0], width=min(plan.widths), mode="eager_fp32")  # torch's bf16 Muon is slow
     muon = muon_optimizer(session(smallest, [*overrides, "optim.name=muon"]),
@@ -105,7 +122,8 @@ def run_bench(plan: Plan, out: Path, *, threads: int | None = None, device: str 
         "wall_s": round(time.perf_counter() - started, 1), "machine": machine(),
         "load_average": {"before": load_before, "after": load_average()},
         "plan": {**plan.__dict__, "widths": list(plan.widths), "modes": list(plan.modes)},
-        "targets": TARGETS, "results": results, "muon_optimizer": {"width": smallest.width, **muon},
+        "targets": TARGETS, "scale_targets": SCALE_TARGETS, "results": results,
+        "muon_optimizer": {"width": smallest.width, **muon},
     }
     report["summary"] = summarize(results)
     atomic_write_text(out, json.dumps(report, indent=1) + "\n")
@@ -116,15 +134,31 @@ def _value(entry: Any) -> float:
     return entry["ratio"] if isinstance(entry, dict) else entry
 
 
+def _spread(entries: list[Any]) -> dict[str, Any]:
+    """The largest ``repeat_max`` of ``entries`` (ratio dicts with repeats), if any: how high a repeat went."""
+    highs = [e["repeat_max"] for e in entries if isinstance(e, dict) and "repeat_max" in e]
+    return {"repeat_max": max(highs)} if highs else {}
+
+
 def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per ratio: the worst (largest) and median over points, and whether the target holds everywhere."""
+    """Per ratio: the worst (largest) and median over points, and whether the target holds everywhere; the
+    at-scale ratios likewise under ``at_scale``."""
     summary: dict[str, Any] = {}
     for key in (*TARGETS, *REPORTED):
         values = [_value(r[key]) for r in results]
-        summary[key] = {"max": max(values), "median": round(statistics.median(values), 4)}
+        summary[key] = {"max": max(values), "median": round(statistics.median(values), 4),
+                        **_spread([r[key] for r in results])}
         if key in TARGETS:
             summary[key]["target"] = TARGETS[key]
             summary[key]["met"] = max(values) <= TARGETS[key]
+    scaled = [r["at_scale"] for r in results if "at_scale" in r]
+    if scaled:
+        summary["at_scale"] = {"tokens_per_step": scaled[0]["tokens_per_step"]}
+        for key, target in SCALE_TARGETS.items():
+            values = [_value(r[key]) for r in scaled]
+            summary["at_scale"][key] = {"max": max(values), "median": round(statistics.median(values), 4),
+                                        **_spread([r[key] for r in scaled]), "target": target,
+                                        "met": max(values) <= target}
     errors = [r["power_iteration_rel_error"] for r in results]
     speedups = [r["power_iteration_speedup"] for r in results]
     summary["power_iteration_rel_error"] = {"max": max(errors)}
@@ -140,16 +174,37 @@ def table(report: dict[str, Any]) -> str:
     rows = []
     for r in report["results"]:
         rows.append((r["width"], r["mode"], f"{r['tokens_per_s']['row_col']:,.0f}",
-                     f"{r['multiplier_train_overhead']['ratio']:.3f}", f"{r['folded_inference_ratio']['ratio']:.3f}",
-                     f"{r['muon_vs_adamw']['ratio']:.3f}", f"{r['trainer_vs_plain_loop']['ratio']:.3f}",
+                     _with_spread(r["multiplier_train_overhead"]), f"{r['folded_inference_ratio']['ratio']:.3f}",
+                     f"{r['muon_vs_adamw']['ratio']:.3f}", _with_spread(r["trainer_vs_plain_loop"]),
                      f"{r['diagnostics_overhead']:.4f}", f"{r['power_iteration_speedup']:.1f}x",
                      f"{r['power_iteration_rel_error']:.1e}", f"{100 * r['data_loader_share']:.2f}%",
                      "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"))
     lines = format_table(rows, header=header, indent="  ", align="right").splitlines()
+    tokens = report["results"][0]["tokens_per_step"]
     targets = ", ".join(f"{k} <= {v}: {'met' if report['summary'][k]['met'] else 'MISSED'} "
                         f"(worst {report['summary'][k]['max']:.4g})" for k, v in TARGETS.items())
+    lines.append(f"  at {tokens:,} tokens a step (the worst case); [min, max] over {report['plan']['repeats']} "
+                 "repeats in brackets")
+    scale = report["summary"].get("at_scale")
+    if scale:
+        for r in report["results"]:
+            if "at_scale" in r:
+                a = r["at_scale"]
+                lines.append(f"  at {a['tokens_per_step']:,} tokens a step, width {r['width']} {r['mode']}: "
+                             f"mult {_with_spread(a['multiplier_train_overhead'])}, trainer/plain "
+                             f"{_with_spread(a['trainer_vs_plain_loop'])}")
+        targets += "; at scale: " + ", ".join(
+            f"{k} <= {v}: {'met' if scale[k]['met'] else 'MISSED'} (worst {scale[k]['max']:.4g})"
+            for k, v in SCALE_TARGETS.items())
     m = report["muon_optimizer"]
     muon = (f"Muon step alone (width {m['width']}, first block): batched bf16 x{m['batched_bf16_speedup']:.2f} vs "
             f"torch (bit-identical: {m['bf16_bit_identical_to_torch']}), batched {m['auto_ns_dtype']} "
             f"x{m['batched_auto_speedup']:.2f}")
     return "\n".join([*lines, f"  targets: {targets}", f"  {muon}"])
+
+
+def _with_spread(entry: dict[str, Any]) -> str:
+    """``1.004 [0.998, 1.011]``: a ratio and the range of its repeats."""
+    if "repeat_min" not in entry:
+        return f"{entry['ratio']:.3f}"
+    return f"{entry['ratio']:.3f} [{entry['repeat_min']:.3f}, {entry['repeat_max']:.3f}]"

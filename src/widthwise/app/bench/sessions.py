@@ -18,7 +18,7 @@ from ...hardware import bf16_is_fast
 from ..config import Config, apply_overrides, load_config
 from ..runtime import resolve_device
 from ..session import Session
-from ..setup import at_width, build
+from ..setup import at_width
 
 #: Execution modes: eager fp32, and compiled with bf16 autocast where bf16 is fast (else compiled fp32).
 MODES = ("eager_fp32", "compile")
@@ -84,22 +84,24 @@ def train_step(run: Session) -> float:
 class PlainLoop:
     """A minimal hand-written PyTorch training loop on the same model, batch shape and settings as ``run``.
 
-    The model is built afresh from ``run``'s config (same seed, multipliers and init); then only plain
-    PyTorch: ``torch.optim.AdamW`` over the same parameter groups (LR, WD), ``torch.nn.utils.clip_grad_norm_``,
-    a ``LambdaLR`` warmup + cosine, nanoGPT-style random windows from the token array, ``torch.compile``
-    and autocast as the run has them.
+    It trains ``run``'s own model (the same tensors: two models built alike differ by their place in memory,
+    and an A/A comparison of two identical sessions measured 2% apart), with only plain PyTorch:
+    ``torch.optim.AdamW`` over the same parameter groups (LR, WD) and the same implementation (fused where the
+    trainer's is), ``torch.nn.utils.clip_grad_norm_``, a ``LambdaLR`` warmup + cosine, nanoGPT-style random
+    windows from the token array, ``torch.compile`` and autocast as the run has them. Its optimizer state is
+    its own. So the ratio of the two steps is the cost of the trainer's code, not of where a model lies.
     """
 
     def __init__(self, run: Session) -> None:
         config = run.config
         self.config, self.device, self.autocast = config, run.runtime.device, run.runtime.autocast
-        built = build(config, run.built.model_config.vocab_size, self.device)
-        self.model = built.model
+        self.model = run.model
         self.forward = torch.compile(self.model) if run.runtime.compile else self.model
         o, s, t = config.optim, config.schedule, config.train
         groups = [{"params": g["params"], "lr": g["initial_lr"], "weight_decay": g["weight_decay"]}
-                  for g in built.optimizer.param_groups]  # before the schedule's factor, which LambdaLR applies
-        self.optimizer = torch.optim.AdamW(groups, betas=tuple(o.betas), eps=o.eps)
+                  for g in run.optimizer.param_groups]  # before the schedule's factor, which LambdaLR applies
+        implementation = {k: run.optimizer.defaults[k] for k in ("fused", "foreach") if run.optimizer.defaults.get(k)}
+        self.optimizer = torch.optim.AdamW(groups, betas=tuple(o.betas), eps=o.eps, **implementation)
 
         def cosine(step: int) -> float:
             if step < s.warmup:
