@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..diagnostics.monitor import TrainingDiagnostics
-from ..diagnostics.multiplier_stats import multiplier_stats
+from ..diagnostics.multiplier_stats import multiplier_groups, multiplier_stats
 from ..errors import EXIT_DIVERGED, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, ConfigError
 from ..schedules import ScheduleRatio
 from .checkpoint import Checkpoint, require_fields
@@ -270,6 +270,7 @@ class _Loop:
             gain_batch = session.val[0][0][: dc.gain_sequences].to(session.runtime.device) if dc.gains else None
             self.monitor = TrainingDiagnostics(*measured, gain_batch, spectra=dc.spectra,
                                                drift_threshold=dc.drift_threshold)
+        self.multipliers: dict[str, list[Any]] | None = None  # multiplier_groups of the measured model
         self.logs: MetricsLog | _NoLogs = _NoLogs()
         if session.dist.main:
             self.logs = run.open_logs(self.monitor is not None, config.train.tensorboard,
@@ -364,7 +365,9 @@ class _Loop:
                 record["val_loss"] = progress.val_loss
             measured = session.measured()
             if measured is not None:
-                record["multipliers"] = multiplier_stats(measured[0])
+                if self.multipliers is None:  # found once: the model's multipliers do not change
+                    self.multipliers = multiplier_groups(measured[0])
+                record["multipliers"] = multiplier_stats(measured[0], groups=self.multipliers)
         self.logs.write(record)
         bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{record['tokens_per_s']:.0f}", refresh=False)
         if diverged:
