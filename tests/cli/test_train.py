@@ -278,3 +278,21 @@ def test_entry_point_reports_bad_input_without_traceback(tmp_path):
     proc = cli("train", "tiny", "--out", str(tmp_path / "r"), "--set", "model.heads=3")
     assert proc.returncode == 2
     assert proc.stderr.strip() == "widthwise: error: model.heads: 3 does not divide model.width=32"
+
+
+def test_steps_between_log_lines_skip_the_loss_and_norm_collectives(tmp_path, monkeypatch):
+    """The global-batch mean of the loss (an all-reduce under torchrun) and the gathered grad norm are taken only
+    at the steps whose metrics.jsonl line reads them (log_every, the first, the last): not every step."""
+    from widthwise.app.distributed import Distributed
+
+    means = []
+    original = Distributed.mean
+    monkeypatch.setattr(Distributed, "mean", lambda self, value: means.append(1) or original(self, value))
+    run = tmp_path / "r"
+    assert main(["train", "tiny", "--out", str(run), *sets(
+        "train.steps=7", "train.log_every=3", "train.eval_every=100", "train.checkpoint_every=100",
+        "diagnostics.every=null", "train.plots=false", "train.sample_tokens=0", "train.tensorboard=false",
+        "train.eval_tokens=512")]) == 0
+    records = read_metrics(run / "metrics.jsonl")
+    assert [r["step"] for r in records] == [1, 3, 6, 7] and len(means) == 4
+    assert all(r["grad_norm"] > 0 and r["train_loss"] > 0 for r in records)

@@ -142,11 +142,13 @@ class Session:
         """The base LR the schedule gave the step just taken (each group has its plan factor on top)."""
         return self.config.optim.lr * self.scheduler.lr_lambdas[0](self.step - 1)
 
-    def train_step(self) -> tuple[torch.Tensor, torch.Tensor | float]:
+    def train_step(self, reduce: bool = True) -> tuple[torch.Tensor, torch.Tensor | float]:
         """One step: sample, forward, backward, clip, update, schedule; the loss and the grad norm.
 
-        The loss is the global batch's mean (averaged over micro-steps and ranks, a collective every step under
-        torchrun); the grad norm is over the full gradients.
+        The loss is the global batch's mean (averaged over micro-steps and ranks, a collective under torchrun);
+        the grad norm is over the full gradients (FSDP2: gathered, a collective). ``reduce=False`` skips both
+        collectives, for a step whose loss and norm nobody reads (the trainer's steps between log lines; every
+        rank must pass the same value): this rank's loss, and the norm as the clipping returned it.
         """
         x, y = self.sampler.next_batch()
         device = self.runtime.device
@@ -165,10 +167,12 @@ class Session:
                         loss = self.step_model(xi, yi)
                     (loss / micro).backward()
                 total += loss.detach().float() / micro
-        norm = full_tensor(apply_update(self.built, self.config))
+        norm = apply_update(self.built, self.config)
         self.step += 1
         self.tokens += x.numel() * self.dist.world_size
-        return self.dist.mean(total), norm
+        if not reduce:
+            return total, norm
+        return self.dist.mean(total), full_tensor(norm)
 
     @torch.no_grad()
     def evaluate(self) -> float:

@@ -342,9 +342,11 @@ class _Loop:
         """One training step, logged (and evaluated) at its cadence; whether the run diverged."""
         session, progress, t = self.session, self.progress, self.session.config.train
         tick = time.perf_counter()
-        loss_t, norm_t = session.train_step()
-        log_now = session.step % t.log_every == 0 or session.step == t.steps or session.step == 1
-        loss = float(loss_t) if log_now or progress.initial_loss is None else None
+        after = session.step + 1  # the step about to be taken: whether its loss is read decides its collectives
+        log_now = after % t.log_every == 0 or after == t.steps or after == 1
+        read = log_now or progress.initial_loss is None  # the same on every rank (the checkpoint's progress)
+        loss_t, norm_t = session.train_step(reduce=read)
+        loss = float(loss_t) if read else None  # the host syncs with the device only here
         step_s = time.perf_counter() - tick
         progress.train_seconds += step_s
         progress.elapsed = self.last_elapsed + (time.perf_counter() - self.started)
