@@ -196,12 +196,13 @@ def at_scale(setting: Setting, batch_size: int, reps: int, repeats: int, warmup:
 
 def measure_point(setting: Setting, reps: int, warmup: int = 1, rounds: int = 3, steps_between: int = 2,
                   overrides: list[str] | tuple[str, ...] = (), progress: Callable[[str], None] | None = None,
-                  repeats: int = 1, scale_batch: int | None = None) -> dict[str, Any]:
+                  repeats: int = 1, scale_batch: int | None = None, scale_reps: int | None = None
+                  ) -> dict[str, Any]:
     """Every per-width figure at ``setting``: a JSON-ready dict.
 
     Training steps run ``reps x repeats`` interleaved rounds, each step ratio reported with its spread over the
     ``repeats`` (:func:`~widthwise.app.bench.timing.ratio`); ``scale_batch``: the multiplier and trainer ratios
-    also at that batch (:func:`at_scale`), when it is larger than the setting's.
+    also at that batch (:func:`at_scale`, ``scale_reps`` rounds a repeat), when it is larger than the setting's.
     """
     say = progress or (lambda stage: None)
     say("building")
@@ -254,7 +255,7 @@ def measure_point(setting: Setting, reps: int, warmup: int = 1, rounds: int = 3,
     gc.collect()
     if scale_batch is not None and scale_batch > setting.batch_size:
         say("training steps at scale")
-        result["at_scale"] = at_scale(setting, scale_batch, reps, repeats, warmup, overrides)
+        result["at_scale"] = at_scale(setting, scale_batch, scale_reps or reps, repeats, warmup, overrides)
     result["load_average_after"] = load_average()
     return result
 

@@ -56,6 +56,7 @@ class Plan:
     name: str = "full"
     repeats: int = 3  # repeated measurements of every step ratio: its spread
     scale_tokens: int = SCALE_TOKENS  # tokens a step of the at-scale point (0: none)
+    scale_reps: int = 2  # its interleaved steps per variant and repeat (steps 8x longer average more noise out)
     scale_smallest_only: bool = False  # the at-scale point at the smallest width only (else at every width)
 
     def scale_batch(self) -> int | None:
@@ -113,6 +114,7 @@ def run_bench(plan: Plan, out: Path, *, threads: int | None = None, device: str 
             results.append(measure_point(s, plan.reps, rounds=plan.rounds, steps_between=plan.steps_between,
                                          overrides=overrides, repeats=plan.repeats,
                                          scale_batch=plan.scale_batch() if scaled else None,
+                                         scale_reps=plan.scale_reps,
                                          progress=lambda stage, p=point: bar.set_postfix_str(f"{p}: {stage}")))
     smallest = replace(settings[0], width=min(plan.widths), mode="eager_fp32")  # torch's bf16 Muon is slow
     muon = muon_optimizer(session(smallest, [*overrides, "optim.name=muon"]),
