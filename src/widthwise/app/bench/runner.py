@@ -184,7 +184,7 @@ def table(report: dict[str, Any]) -> str:
     lines = format_table(rows, header=header, indent="  ", align="right").splitlines()
     tokens = report["results"][0]["tokens_per_step"]
     targets = ", ".join(f"{k} <= {v}: {'met' if report['summary'][k]['met'] else 'MISSED'} "
-                        f"(worst {report['summary'][k]['max']:.4g})" for k, v in TARGETS.items())
+                        f"(worst {report['summary'][k]['max']:.4f})" for k, v in TARGETS.items())
     lines.append(f"  at {tokens:,} tokens a step (the worst case); [min, max] over {report['plan']['repeats']} "
                  "repeats in brackets")
     scale = report["summary"].get("at_scale")
@@ -196,7 +196,7 @@ def table(report: dict[str, Any]) -> str:
                              f"mult {_with_spread(a['multiplier_train_overhead'])}, trainer/plain "
                              f"{_with_spread(a['trainer_vs_plain_loop'])}")
         targets += "; at scale: " + ", ".join(
-            f"{k} <= {v}: {'met' if scale[k]['met'] else 'MISSED'} (worst {scale[k]['max']:.4g})"
+            f"{k} <= {v}: {'met' if scale[k]['met'] else 'MISSED'} (worst {scale[k]['max']:.4f})"
             for k, v in SCALE_TARGETS.items())
     m = report["muon_optimizer"]
     muon = (f"Muon step alone (width {m['width']}, first block): batched bf16 x{m['batched_bf16_speedup']:.2f} vs "
