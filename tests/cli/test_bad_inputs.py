@@ -259,7 +259,7 @@ CASES = [
     ("run-weights-truncated", {"run": _trained(_write("checkpoints/step_00000005/model.safetensors", b"\0" * 8))},
      ["export", "{tmp}/run", "--out", "{tmp}/hf"], "model.safetensors"),
     ("run-state-no-sampler", {"run": _trained(_state(sampler=None))}, ["train", "--resume", "{tmp}/run"],
-     "state.json: the field 'sampler' is missing"),
+     "(state.json): the field 'sampler' is missing"),
     ("run-state-no-step", {"run": _trained(_state(step=None))}, ["diagnose", "{tmp}/run"],
      "state.json: the field 'step' is missing"),
     ("run-state-tokens-text", {"run": _trained(_state(tokens="many"))}, ["train", "--resume", "{tmp}/run"],

@@ -166,8 +166,9 @@ def latest_checkpoint(directory: Path) -> Path | None:
     return path
 
 
-#: The fields of ``state.json`` every resume reads, with their JSON types (the trainer's own are its to check).
-STATE_FIELDS: dict[str, type | tuple[type, ...]] = {"step": int, "sampler": dict, "tokens": int}
+#: The field of ``state.json`` every checkpoint has, with its JSON type (a session's and the trainer's own fields
+#: are theirs to check: ``Session.load_state_dict``, the trainer's progress).
+STATE_FIELDS: dict[str, type | tuple[type, ...]] = {"step": int}
 
 
 def require_fields(state: Any, fields: dict[str, type | tuple[type, ...]], where: str) -> None:

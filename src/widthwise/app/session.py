@@ -19,6 +19,7 @@ from torch import nn
 
 from ..errors import CheckpointError, ConfigError
 from ..optim.build import muon_ns_dtype
+from .checkpoint import require_fields
 from .config import Config, config_keys
 from .data import BatchSampler, TokenData, validation_batches
 from .distributed import Distributed, full_state, full_tensor, gradient_sync, shard_like, shard_optimizer_state, wrap
@@ -258,6 +259,7 @@ class Session:
         loads at any world size (the global batch is the same; sums over ranks round differently).
         """
         where = f"checkpoint step {state['step']}"
+        require_fields(state, {"sampler": dict, "tokens": int}, f"{where} (state.json)")
         written = state.get("world_size", 1)
         if written != self.dist.world_size:
             logger.info(f"{where}: written by {written} processes, resumed by {self.dist.world_size}; the losses "
