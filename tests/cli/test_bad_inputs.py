@@ -271,7 +271,7 @@ CASES = [
     ("run-optimizer-no-state", {"run": _trained(_optimizer_pt("optimizer", "state"))},
      ["train", "--resume", "{tmp}/run"], "optimizer state does not fit"),
     ("run-rng-missing", {"run": _trained(_optimizer_pt("rng", "torch"))}, ["train", "--resume", "{tmp}/run"],
-     "(RNG state): the field 'torch' is missing"),
+     "RNG state): the field 'torch' is missing"),
     # -- HF export folders -------------------------------------------------------------------------------------
     ("export-out-not-empty", {"hf": DIR, "hf/notes.txt": "mine\n", **_run_config("model: {width: 64}\n")},
      ["export", "{tmp}/run", "--out", "{tmp}/hf"], "already exists and is not empty"),

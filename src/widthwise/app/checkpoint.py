@@ -208,7 +208,6 @@ def load_checkpoint(path: Path) -> Checkpoint:
     if not isinstance(rest, dict) or not {"optimizer", "scheduler", "rng"} <= set(rest):
         raise CheckpointError(f"{path / 'optimizer.pt'}: missing optimizer, scheduler or RNG state")
     require_fields(state, STATE_FIELDS, str(state_file))
-    require_fields(rest["rng"], {"torch": torch.Tensor}, f"{path / 'optimizer.pt'} (RNG state)")
     step = state.pop("step")
     state.pop("version")
     return Checkpoint(step, model, rest["optimizer"], rest["scheduler"], rest["rng"], state)

@@ -260,6 +260,7 @@ class Session:
         """
         where = f"checkpoint step {state['step']}"
         require_fields(state, {"sampler": dict, "tokens": int}, f"{where} (state.json)")
+        require_fields(state["rng"], {"torch": torch.Tensor}, f"{where} (optimizer.pt, RNG state)")
         written = state.get("world_size", 1)
         if written != self.dist.world_size:
             logger.info(f"{where}: written by {written} processes, resumed by {self.dist.world_size}; the losses "
