@@ -164,6 +164,7 @@ def test_extending_steps(tmp_path, capsys):
     assert "wsd schedule was planned for 20 steps and has been decaying since step 17" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # resume exactness has its fast variants (AdamW) in the default run
 def test_muon_run_records_its_newton_schulz_dtype_and_resumes_exactly(tmp_path):
     """The resolved Newton-Schulz dtype is in config.yaml, and the optimizer state brings it back on resume."""
     muon = ("optim.name=muon", "schedule.kind=constant")

@@ -170,7 +170,7 @@ def _train(model, plan, steps=8, lr=1e-2):
     return model.eval()
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+@pytest.mark.parametrize("optimizer", ["adamw", pytest.param("muon", marks=pytest.mark.slow)])
 def test_fold_after_training_is_exact_and_plain(optimizer, x_tokens):
     model = llama(128)
     ww.add_multipliers(model, kind="row_col")
