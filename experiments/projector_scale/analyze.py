@@ -103,7 +103,8 @@ def analyze() -> list[dict[str, Any]]:
     measured = with_ / without if with_ is not None and without else math.nan
     scal = fits.get("scalar", {}).get("scalar_vs_S")
     noise = 2 * math.sqrt(2) * sd if sd else None  # two sd of a difference of two single-seed losses
-    if with_ is None or without is None or noise is None:
+    # inconclusive also when nothing degrades without multipliers beyond the noise: nothing for them to flatten
+    if with_ is None or without is None or noise is None or without <= noise:
         holds = None
     elif without - with_ > noise and scal and abs(scal["exponent"] + 1) <= EXPONENT_TOLERANCE:
         holds = True
