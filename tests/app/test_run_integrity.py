@@ -127,24 +127,26 @@ def test_resume_refuses_a_config_yaml_edited_since_the_checkpoint_naming_the_fie
     assert _hashes(run) == before  # config.yaml not rewritten, no step trained
 
 
-def test_a_checkpoint_without_a_recorded_config_resumes_with_a_warning(halfway, tmp_path, capsys):
-    """Checkpoints of earlier versions record no config: accepted, with a warning, and the resume is exact."""
-    run = _copy(halfway[0], tmp_path / "run")
+def _old_checkpoint(src: Path, dst: Path) -> Path:
+    """A copy of the halfway run whose step-5 checkpoint records no config, as an earlier widthwise wrote it."""
+    run = _copy(src, dst)
     state = run / "checkpoints" / "step_00000005" / "state.json"
     data = json.loads(state.read_text())
-    data.pop("config", None)  # (an earlier widthwise wrote none)
+    data.pop("config", None)
     state.write_text(json.dumps(data))
+    return run
+
+
+def test_a_checkpoint_without_a_recorded_config_resumes_with_a_warning(halfway, tmp_path, capsys):
+    """Checkpoints of earlier versions record no config: accepted, with a warning, and the resume is exact."""
+    run = _old_checkpoint(halfway[0], tmp_path / "run")
     assert main(["train", "--resume", str(run), "--set", "train.steps=10"]) == 0
     assert "records no config" in capsys.readouterr().err
     assert losses(run) == losses(halfway[1])
 
 
 def test_an_old_checkpoint_under_an_edited_width_is_one_line_not_a_shape_traceback(halfway, tmp_path, capsys):
-    run = _copy(halfway[0], tmp_path / "run")
-    state = run / "checkpoints" / "step_00000005" / "state.json"
-    data = json.loads(state.read_text())
-    data.pop("config", None)  # (an earlier widthwise wrote none)
-    state.write_text(json.dumps(data))
+    run = _old_checkpoint(halfway[0], tmp_path / "run")
     _edit(run, "model", "width", 64)
     assert main(["train", "--resume", str(run), "--set", "train.steps=10"]) == 2
     line = one_line(capsys)
