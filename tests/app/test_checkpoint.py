@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import signal
+import time
 
 import pytest
 import torch
@@ -62,6 +65,28 @@ def test_failure_mid_write_leaves_previous_checkpoint(tmp_path, monkeypatch, fai
     assert load_checkpoint(latest_checkpoint(tmp_path)).step == 1
     assert not list(tmp_path.glob(".step_*")), "temporary folder left behind"
 
+
+
+def _save_big(directory: str) -> None:
+    big = Checkpoint(1, {"w": torch.zeros(4096, 4096)}, {"state": {}, "param_groups": []}, {}, {}, {})
+    save_checkpoint(directory, big)
+    os._exit(0)
+
+
+def test_a_write_killed_inside_the_weights_writer_is_cleaned_at_the_next_save(tmp_path):
+    """A real SIGKILL while safetensors writes the 64 MB weights: the folder it leaves (holding the writer's own
+    temporary file) is widthwise's, so the next checkpoint removes it."""
+    proc = multiprocessing.get_context("fork").Process(target=_save_big, args=(str(tmp_path),))
+    proc.start()
+    deadline, found = time.monotonic() + 60, []
+    while not found and proc.is_alive() and time.monotonic() < deadline:
+        found = [f for d in tmp_path.glob(".step_*") for f in d.iterdir() if f.name not in ck.FILES]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join(30)
+    assert proc.exitcode == -signal.SIGKILL and found, "the write was not caught inside the weights writer"
+    assert [p.name for p in tmp_path.glob(".step_*/*")] == [found[0].name]  # the writer's temporary file, alone
+    save_checkpoint(tmp_path, _ckpt(2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step_00000002"]
 
 def test_corrupt_parts_are_named(tmp_path):
     path = save_checkpoint(tmp_path, _ckpt(3))

@@ -71,6 +71,30 @@ def test_config_show_bad_input_is_one_line_and_exit_2(capsys, args, needle):
     assert captured.out == ""
 
 
+
+class _Writes:
+    """A stderr that records each write call."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.calls.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_the_error_line_is_one_write_so_ranks_sharing_stderr_do_not_run_lines_together(monkeypatch):
+    """torchrun's ranks write to one stderr: a line written in two parts (print's text, then its newline) can end
+    up as two ranks' messages on one line."""
+    stderr = _Writes()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    assert main(["config", "show", "nope"]) == 2
+    assert len(stderr.calls) == 1 and stderr.calls[0].startswith("widthwise: error: ")
+    assert stderr.calls[0].endswith("\n") and stderr.calls[0].count("\n") == 1
+
 def test_config_without_an_action_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["config"])

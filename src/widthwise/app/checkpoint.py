@@ -6,8 +6,8 @@ renamed into place; ``latest`` is replaced atomically after that. A kill at any 
 checkpoint intact and ``latest`` pointing at a complete folder. Everything loads with ``weights_only=True``.
 
 Pruning (``keep``) and the cleanup of killed writes delete only folders this module writes: named ``step_N`` (or
-its temporary ``.step_N.*``), not a link, holding nothing but checkpoint parts. Anything else under
-``checkpoints/`` (a folder a user or another tool put there) is left alone.
+its temporary ``.step_N.*``), not a link, holding nothing but checkpoint parts (and a part writer's temporary file).
+Anything else under ``checkpoints/`` (a folder a user or another tool put there) is left alone.
 """
 
 from __future__ import annotations
@@ -39,6 +39,9 @@ FILES = frozenset({"model.safetensors", "optimizer.pt", "state.json"})
 _FOLDER = re.compile(r"step_(\d{8,})")
 _TEMP = re.compile(r"\.step_\d{8,}\..+")
 _LATEST_TEMP = re.compile(rf"\.{LATEST}\..+\.tmp")  # atomic_write_text's temporary file of `latest`
+#: The temporary file a part's writer makes beside it: safetensors (0.6 and later) writes ``model.safetensors`` through
+#: a ``.tmpXXXXXX`` file in the same folder and renames it, so a write killed there leaves one in the folder.
+_PART_TEMP = re.compile(r"\.tmp[A-Za-z0-9]{6}")
 
 
 @dataclass
@@ -131,10 +134,11 @@ def _write_failure(err: Exception, directory: Path, ckpt: Checkpoint) -> str | N
 
 def _written_here(path: Path) -> bool:
     """Whether ``path`` is a folder as :func:`save_checkpoint` writes them: not a link, holding only checkpoint
-    parts (or part of them: a write or a prune that was killed)."""
+    parts (or part of them, or a part writer's temporary file: a write or a prune that was killed)."""
     try:
         return not path.is_symlink() and path.is_dir() and all(
-            p.name in FILES and p.is_file() and not p.is_symlink() for p in path.iterdir())
+            (p.name in FILES or _PART_TEMP.fullmatch(p.name)) and p.is_file() and not p.is_symlink()
+            for p in path.iterdir())
     except OSError:
         return False
 

@@ -66,7 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _fail(message: str, code: int) -> int:
-    print(f"widthwise: error: {' '.join(message.split())}", file=sys.stderr)  # one line, whatever the message
+    # One line, whatever the message, in one write: the ranks of a torchrun job share stderr, and print's two writes
+    # (the text, then the newline) let their lines run into each other.
+    sys.stderr.write(f"widthwise: error: {' '.join(message.split())}\n")
+    sys.stderr.flush()
     return code
 
 
