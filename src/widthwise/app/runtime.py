@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from ..hardware import BF16_MIN_SPEEDUP, BF16_PROBE_SIZE, matmul_seconds
+from .allocator import retain_freed_memory
 from .atomic import atomic_write_text, file_lock
 from .defaults import default_cache_dir
 
@@ -206,6 +207,8 @@ def resolve_runtime(device: str, dtype: str, compile: str | bool, threads: int |
     back compilation. On CUDA: bf16 where supported, compile on. Explicit values win.
     """
     dev = resolve_device(device)
+    if dev.type == "cpu":
+        retain_freed_memory()
     if threads is None:
         threads = int(os.environ.get("OMP_NUM_THREADS", 0)) or torch.get_num_threads()
     torch.set_num_threads(threads)
