@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from widthwise.app import allocator
 
 PROBE = """
@@ -33,6 +35,7 @@ def _faults_per_step(mode: str) -> int:
     return int(out.stdout.strip())
 
 
+@pytest.mark.slow  # two interpreters with torch: make test (CI) runs it; the wiring test below is fast
 def test_a_step_no_longer_faults_its_tensors_in_once_freed_memory_is_kept():
     """A step of 12 MB of activations and 8 MB of logits: thousands of page faults a step by default (measured
     10,740), a few hundred at most once the process keeps what it frees (measured 409)."""
