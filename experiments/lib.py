@@ -14,6 +14,7 @@ import io
 import json
 import math
 import os
+import re
 import sqlite3
 import statistics
 import tarfile
@@ -98,7 +99,20 @@ def restore(experiment: str, name: str) -> bool:
     dst.mkdir(parents=True, exist_ok=True)
     with tarfile.open(src, mode="r:xz") as tar:
         tar.extractall(dst, filter="data")
+    _rebase(dst / "sweep.yaml")
     return True
+
+
+def _rebase(stored: Path) -> None:
+    """Point a restored sweep's stored ``base:`` at this checkout's ``experiments/`` (a sweep run from another
+    worktree stored that worktree's absolute path, which a resume elsewhere cannot load)."""
+    if not stored.is_file():
+        return
+    text = stored.read_text(encoding="utf-8")
+    here = str(Path(__file__).resolve().parent)
+    fixed = re.sub(r"^base: \S*?/experiments/", f"base: {here}/", text, count=1, flags=re.M)
+    if fixed != text:
+        stored.write_text(fixed, encoding="utf-8")
 
 
 def run_sweep_file(experiment: str, name: str, *, workers: int = 2, threads: int = 1, progress: bool = True) -> int:
