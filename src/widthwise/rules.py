@@ -146,7 +146,8 @@ def muon_wd_exponent(adjust_lr_fn: str | None = "original") -> float:
     ``rms(W)^2 = lr * s^2 / (2 * wd * max(rows, cols))`` (the Muon analogue of Kosson et al. 2024,
     arXiv 2305.17212). Keeping it at muP's ``1/fan_in`` init scale with the lr of :func:`muon_lr_exponent`
     needs ``e = 0`` for ``"original"`` and ``e = 1/2`` for ``"match_rms_adamw"``; in both cases ``lr * wd``
-    stays constant. The argument ignores the gradient's signal and is not yet measured; every width-scaling
+    stays constant. The argument ignores the gradient's signal; REPRODUCTION.md (claim 9) measures the rule
+    at small scale (inconclusive on one seed: the least drift and regret of the rules tried). Every width-scaling
     preset (``mup``, ``mup_constant_wd``, ``robust``) uses it, so they coincide on Muon's hidden matrices
     (``lr x m^-1/2``, ``wd x m^1/2`` under ``"match_rms_adamw"``). Override it per recipe
     (``muon_wd_exponent``) or measure it (``widthwise calibrate``).
