@@ -49,6 +49,9 @@ def analyze() -> list[dict[str, Any]]:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=f"C{i}", label=f"width {w}")
         ax.set(xscale="log", xlabel="base LR (proxy width 32)", ylabel="validation loss",
                title=f"Muon, {name}\n{s['verdict']}")
+        lrs = sorted({r["lr"] for r in picked})
+        ax.set_xticks(lrs, [f"{lr:g}" for lr in lrs], minor=False, rotation=30)
+        ax.set_xticks([], minor=True)
         ax.legend(fontsize=7)
     figure = atomic_savefig(fig, lib.FIGURES / "muon_width_rule.png", dpi=120)
     ours = summaries.get("ours (lr m^-1/2, wd m^1/2)", {})
