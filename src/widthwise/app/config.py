@@ -258,6 +258,8 @@ class TrainConfig(_Section):
     compile: str | bool = _field("auto", "torch.compile the model: auto, true or false", resumable=True)
     threads: int | None = _field(None, "CPU threads (null: torch's default)", check="positive", resumable=True,
                                  runtime=True)
+    flush_subnormals: bool = _field(True, "flush subnormal floats (below 1.2e-38) to zero on the CPU's threads: "
+                                    "CPUs take slow paths on them")
     eval_every: int = _field(50, "steps between validation losses", check="positive", resumable=True)
     eval_tokens: int = _field(32768, "validation tokens per evaluation", check="positive")
     checkpoint_every: int = _field(100, "steps between checkpoints", check="positive", resumable=True)

@@ -33,6 +33,7 @@ from ..hardware import BF16_MIN_SPEEDUP, BF16_PROBE_SIZE, matmul_seconds
 from .allocator import retain_freed_memory
 from .atomic import atomic_write_text, file_lock
 from .defaults import default_cache_dir
+from .subnormals import flush_subnormals
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class Runtime:
     threads: int
     bf16_probe_speedup: float | None = None
     estimated_step_s: float | None = None
+    subnormals_flushed: int = 0  # threads that flush subnormal floats to zero (:mod:`widthwise.app.subnormals`)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.dtype == torch.float32:
@@ -69,12 +71,14 @@ class Runtime:
     def describe(self) -> str:
         dtype = "fp32" if self.dtype == torch.float32 else "bf16 autocast"
         probe = "" if self.bf16_probe_speedup is None else f", bf16/fp32 matmul speed x{self.bf16_probe_speedup:.2f}"
-        return f"{self.device} {dtype}, compile {'on' if self.compile else 'off'}, {self.threads} threads{probe}"
+        flushed = ", subnormals flushed" if self.subnormals_flushed else ""
+        return (f"{self.device} {dtype}, compile {'on' if self.compile else 'off'}, {self.threads} threads{flushed}"
+                f"{probe}")
 
     def to_dict(self) -> dict:
         return {"device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."), "compile": self.compile,
                 "threads": self.threads, "bf16_probe_speedup": self.bf16_probe_speedup,
-                "estimated_step_s": self.estimated_step_s}
+                "estimated_step_s": self.estimated_step_s, "subnormals_flushed": self.subnormals_flushed}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -199,12 +203,14 @@ def auto_compile(device: torch.device, steps: int, step_s: float | None) -> bool
 
 
 def resolve_runtime(device: str, dtype: str, compile: str | bool, threads: int | None, width: int,
-                    flops_per_step: float = 0.0, steps: int = 0) -> Runtime:
+                    flops_per_step: float = 0.0, steps: int = 0, *, flush: bool = True) -> Runtime:
     """Resolve ``auto`` settings into a :class:`Runtime`.
 
     On a CPU, bf16 autocast is chosen only where this machine's cached probe (:func:`cpu_bf16`) found it fast,
     and ``torch.compile`` only if the run's estimated eager time (:func:`estimated_step_s`) is long enough to earn
-    back compilation. On CUDA: bf16 where supported, compile on. Explicit values win.
+    back compilation. On CUDA: bf16 where supported, compile on. Explicit values win. On a CPU, ``flush``
+    makes every thread flush subnormal floats to zero (:func:`~widthwise.app.subnormals.flush_subnormals`;
+    ``False`` leaves the threads as they are).
     """
     dev = resolve_device(device)
     if dev.type == "cpu":
@@ -212,6 +218,7 @@ def resolve_runtime(device: str, dtype: str, compile: str | bool, threads: int |
     if threads is None:
         threads = int(os.environ.get("OMP_NUM_THREADS", 0)) or torch.get_num_threads()
     torch.set_num_threads(threads)
+    flushed = flush_subnormals() if dev.type == "cpu" and flush else 0
     if dtype == "auto":
         chosen = torch.bfloat16 if bf16_fast(dev) else torch.float32
     else:
@@ -219,4 +226,4 @@ def resolve_runtime(device: str, dtype: str, compile: str | bool, threads: int |
     probe = cpu_bf16()[1] if dev.type == "cpu" and dtype == "auto" else None
     step_s = estimated_step_s(width, flops_per_step, chosen) if dev.type == "cpu" and compile == "auto" else None
     use_compile = auto_compile(dev, steps, step_s) if compile == "auto" else bool(compile)
-    return Runtime(dev, chosen, use_compile, threads, probe, step_s)
+    return Runtime(dev, chosen, use_compile, threads, probe, step_s, flushed)

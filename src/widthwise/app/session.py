@@ -113,7 +113,7 @@ class Session:
             self._replica_optimizer = make_optimizer(config, self._replica, self.built.plan, device)
         flops = self.model.flops_per_token(t.seq_len) * t.batch_size * t.seq_len
         self.runtime: Runtime = resolve_runtime(t.device, t.dtype, t.compile, t.threads, config.model.width,
-                                                flops, t.steps)
+                                                flops, t.steps, flush=t.flush_subnormals)
         if self.runtime.device.type == "cuda" and d.active:
             self.runtime = dataclasses.replace(self.runtime, device=device)
         self.wrapped = wrap(self.model, d, device) if d.active and not d.fsdp else self.model
