@@ -96,6 +96,7 @@ def test_ray_sweep_runs_the_grid_resumes_a_killed_worker_and_matches_direct_trai
         [r["train_loss"] for r in read_metrics(direct.run_dir / "metrics.jsonl")]
 
 
+@pytest.mark.slow  # a Ray task of a 2-rank torchrun: 50 s; make test (CI) runs it, as test_nproc's local one
 def test_a_point_on_two_processes_runs_as_one_ray_task_of_a_two_rank_torchrun(tmp_path):
     sweep = tmp_path / "sweep.yaml"
     sets = {**QUIET, "train.steps": 2, "schedule.warmup": 1, "train.checkpoint_every": 2, "train.eval_every": 2,
