@@ -91,3 +91,16 @@ def test_a_state_written_by_two_ranks_loads_in_one_process(config):
     expected = _losses(Session(config), 2)
     session.load_state_dict({**copy.deepcopy(session.state_dict()), "world_size": 2})  # whole tensors: any world
     assert _losses(session, 2) == expected
+
+
+def test_a_session_flushes_subnormals_unless_its_config_says_not(config):
+    from widthwise.app.config import apply_overrides
+    from widthwise.app.subnormals import flush_subnormals, subnormals_survive
+
+    try:
+        flush_subnormals(False)
+        kept = Session(apply_overrides(config, ["train.flush_subnormals=false"]))
+        assert kept.runtime.subnormals_flushed == 0 and subnormals_survive() > 0
+        assert Session(config).runtime.subnormals_flushed >= 1 and subnormals_survive() == 0
+    finally:
+        flush_subnormals()  # as every session leaves this process
