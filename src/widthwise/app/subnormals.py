@@ -64,21 +64,17 @@ def flush_subnormals(on: bool = True) -> int:
     if not torch.set_flush_denormal(on):
         return 0
     gomp = _libgomp()
-    threads = torch.get_num_threads()
-    if gomp is None or threads == 1:
-        if gomp is None and threads > 1:
-            log.debug("no GNU OpenMP runtime found: subnormals flushed on the calling thread only")
+    if gomp is None:
+        log.debug("no GNU OpenMP runtime found: subnormals flushed on the calling thread only")
         return 1
-    seen: set[int] = set()
-    lock = threading.Lock()
+    seen: set[int] = set()  # native thread ids (each callback holds the GIL)
 
     @_CALLBACK
     def set_on_this_thread(_: int | None) -> None:
         torch.set_flush_denormal(on)
-        with lock:
-            seen.add(threading.get_native_id())
+        seen.add(threading.get_native_id())
 
-    gomp.GOMP_parallel(set_on_this_thread, None, threads, 0)
+    gomp.GOMP_parallel(set_on_this_thread, None, torch.get_num_threads(), 0)
     return len(seen)
 
 
