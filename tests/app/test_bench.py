@@ -17,7 +17,8 @@ TINY = ["tiny", "--widths", "64,32", "--batch-size", "2", "--seq-len", "16", "--
         "--threads", "1", "--quiet", "--set", "model.kv_heads=2", "--set", "scaling.base_width=32",
         "--scale-tokens", "64"]
 PER_POINT = ("multiplier_train_overhead", "folded_inference_ratio", "unfolded_inference_ratio", "muon_vs_adamw",
-             "trainer_vs_plain_loop")
+             "trainer_vs_plain_loop", "control_ratio")
+STEP_RATIOS = ("multiplier_train_overhead", "muon_vs_adamw", "trainer_vs_plain_loop", "control_ratio")
 
 
 @pytest.fixture(scope="module")
@@ -39,23 +40,25 @@ def test_bench_quick_writes_every_figure_per_width(report, capsys):
         for key in PER_POINT:
             fig = p[key]
             assert fig["ratio"] > 0 and fig["pair_p25"] <= fig["pair_median"] <= fig["pair_p75"]
-            if key in ("multiplier_train_overhead", "muon_vs_adamw", "trainer_vs_plain_loop"):  # 2 steps x 3 repeats
-                assert fig["reps"] == 6 and fig["repeats"] == 3
+            if key in STEP_RATIOS:  # 2 steps x 5 repeats (quick)
+                assert fig["reps"] == 10 and fig["repeats"] == 5
                 assert fig["repeat_min"] <= fig["repeat_median"] <= fig["repeat_max"]
         lo, hi = p["diagnostics_overhead_range"]
         assert lo <= hi and lo > 1
     # quick: the at-scale point (64 tokens a step: 4 sequences) at the smallest width only
     assert "at_scale" not in r["results"][0]
     scale = r["results"][1]["at_scale"]
-    assert scale["tokens_per_step"] == 64 and set(scale["step_s"]) == {"row_col", "none", "plain_loop"}
-    assert scale["trainer_vs_plain_loop"]["repeats"] == 3 and scale["multiplier_train_overhead"]["ratio"] > 0
-    assert scale["trainer_vs_plain_loop"]["reps"] == 6 and r["plan"]["scale_reps"] == 2  # 2 steps x 3 repeats
+    assert scale["tokens_per_step"] == 64
+    assert set(scale["step_s"]) == {"row_col", "none", "none_control", "plain_loop"}
+    assert scale["trainer_vs_plain_loop"]["repeats"] == 5 and scale["multiplier_train_overhead"]["ratio"] > 0
+    assert scale["trainer_vs_plain_loop"]["reps"] == 10 and r["plan"]["scale_reps"] == 2  # 2 steps x 5 repeats
+    assert scale["control_ratio"]["reps"] == 10 and "control_ratio" in r["summary"]["at_scale"]
     assert r["summary"]["at_scale"]["trainer_vs_plain_loop"]["target"] == 1.01
     text = table(r)
     assert "at 64 tokens a step, width 32 eager_fp32: mult " in text
     assert "at scale: multiplier_train_overhead <= 1.01" in text
     for p in r["results"]:
-        assert set(p["tokens_per_s"]) == {"row_col", "none", "muon", "plain_loop"}
+        assert set(p["tokens_per_s"]) == {"row_col", "none", "muon", "none_control", "plain_loop"}
         assert all(v > 0 for v in p["tokens_per_s"].values())
         assert p["diagnostics_overhead"] > 1 and p["diagnostics_every"] == 50
         assert p["power_iteration_speedup"] > 0 and 0 <= p["power_iteration_rel_error"] < 1e-3
@@ -166,3 +169,28 @@ def test_a_ratio_reports_its_spread_over_repeats_and_the_cpu_its_kind():
         assert clock() is time.perf_counter
     finally:
         torch.set_num_threads(threads)
+
+
+def test_training_steps_build_fresh_sessions_each_repeat_with_an_a_a_control(data_cache, one_thread):
+    from widthwise.app.bench import figures
+
+    setting = Setting("tiny", 32, "eager_fp32", 2, 16, 1)
+    overrides = ["model.kv_heads=2", "scaling.base_width=32"]
+    built: list[object] = []
+    real = figures.session
+
+    def counted(*args, **kwargs):
+        built.append(real(*args, **kwargs))
+        return built[-1]
+
+    figures.session = counted
+    try:
+        steps, runs = figures.training_steps(setting, ["row_col", "none"], reps=2, repeats=3, warmup=1,
+                                             overrides=overrides)
+    finally:
+        figures.session = real
+    assert set(steps) == {"row_col", "none", "none_control", "plain_loop"}
+    assert all(len(t) == 2 * 3 for t in steps.values())  # reps x repeats, in the order they ran
+    assert len(built) == 3 * 3 and len({id(s) for s in built}) == 9  # three sessions, afresh in each repeat
+    assert set(runs) == {"row_col", "none", "none_control"} and all(r in built[-3:] for r in runs.values())
+    assert runs["none_control"].config.multipliers.kind == "none" and runs["none_control"] is not runs["none"]

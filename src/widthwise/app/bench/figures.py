@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import gc
 import math
+import random
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -38,11 +39,36 @@ VARIANTS: dict[str, list[str]] = {
 }
 
 
-def training_steps(runs: dict[str, Session], plain: PlainLoop, reps: int, warmup: int) -> dict[str, list[float]]:
-    """Seconds per training step of each variant and of the plain loop, taking turns."""
-    fns: dict[str, Callable[[], Any]] = {name: (lambda r=run: train_step(r)) for name, run in runs.items()}
-    fns["plain_loop"] = plain.step
-    return interleaved(fns, reps, warmup, runs["row_col"].runtime.device)
+#: The A/A control: a second session without multipliers, built like ``none``. Its step ratio to ``none`` is the
+#: noise floor of the point: two identical models that differ only by where they lie in memory and when they ran.
+CONTROL = "none_control"
+
+
+def training_steps(setting: Setting, names: Sequence[str], reps: int, repeats: int, warmup: int,
+                   overrides: Sequence[str] = (), seed: int = 0) -> tuple[dict[str, list[float]], dict[str, Session]]:
+    """Seconds per training step of each variant in ``names``, of the A/A :data:`CONTROL` and of the plain loop
+    (on the ``row_col`` model), taking turns; and the sessions of the last repeat.
+
+    Each of the ``repeats`` builds its sessions afresh, in a shuffled order (``seed``), and runs ``reps``
+    interleaved rounds after ``warmup`` untimed steps each: a model's place in memory moves its step time by a
+    few percent on a CPU, and a fresh draw per repeat turns that bias into the spread the repeats report.
+    """
+    order = random.Random(seed)
+    steps: dict[str, list[float]] = {}
+    runs: dict[str, Session] = {}
+    for _ in range(repeats):
+        runs = {}
+        gc.collect()
+        built = [*names, CONTROL]
+        order.shuffle(built)
+        for name in built:
+            runs[name] = session(setting, [*overrides, *VARIANTS["none" if name == CONTROL else name]])
+        plain = PlainLoop(runs["row_col"])
+        fns: dict[str, Callable[[], Any]] = {name: (lambda r=runs[name]: train_step(r)) for name in (*names, CONTROL)}
+        fns["plain_loop"] = plain.step
+        for name, times in interleaved(fns, reps, warmup, runs["row_col"].runtime.device).items():
+            steps.setdefault(name, []).extend(times)
+    return steps, runs
 
 
 def data_loader_seconds(run: Session, reps: int) -> list[float]:
@@ -176,42 +202,41 @@ def at_scale(setting: Setting, batch_size: int, reps: int, repeats: int, warmup:
              overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """The multiplier and trainer step ratios at ``batch_size`` sequences a step, where the matmuls dominate the
     step as in real training (the per-step costs that do not grow with the batch, Python and optimizer, are a
-    larger share at the small batch of the other figures, their worst case)."""
+    larger share at the small batch of the other figures, their worst case), with their A/A control."""
     big = replace(setting, batch_size=batch_size)
-    runs = {name: session(big, [*overrides, *VARIANTS[name]]) for name in AT_SCALE}
-    plain = PlainLoop(runs["row_col"])
-    steps = training_steps(runs, plain, reps * repeats, warmup)
+    steps, runs = training_steps(big, AT_SCALE, reps, repeats, warmup, overrides, seed=1)
     step_s = {name: median_s(t) for name, t in steps.items()}
     tokens = batch_size * setting.seq_len
     result = {
         "tokens_per_step": tokens,
         "multiplier_train_overhead": ratio(steps["row_col"], steps["none"], repeats),
         "trainer_vs_plain_loop": ratio(steps["row_col"], steps["plain_loop"], repeats),
+        "control_ratio": ratio(steps[CONTROL], steps["none"], repeats),
         "step_s": step_s, "tokens_per_s": {name: round(tokens / s, 1) for name, s in step_s.items()},
     }
-    del runs, plain
+    del runs
     gc.collect()
     return result
 
 
-def measure_point(setting: Setting, reps: int, warmup: int = 1, rounds: int = 3, steps_between: int = 2,
+def measure_point(setting: Setting, reps: int, warmup: int = 2, rounds: int = 3, steps_between: int = 2,
                   overrides: list[str] | tuple[str, ...] = (), progress: Callable[[str], None] | None = None,
                   repeats: int = 1, scale_batch: int | None = None, scale_reps: int | None = None
                   ) -> dict[str, Any]:
     """Every per-width figure at ``setting``: a JSON-ready dict.
 
-    Training steps run ``reps x repeats`` interleaved rounds, each step ratio reported with its spread over the
-    ``repeats`` (:func:`~widthwise.app.bench.timing.ratio`); ``scale_batch``: the multiplier and trainer ratios
+    Training steps run ``repeats`` measurements of ``reps`` interleaved rounds, each on sessions built afresh
+    (:func:`training_steps`), each step ratio reported with its spread over the ``repeats``
+    (:func:`~widthwise.app.bench.timing.ratio`) beside the A/A control's (``control_ratio``, the noise floor);
+    ``scale_batch``: the multiplier and trainer ratios
     also at that batch (:func:`at_scale`, ``scale_reps`` rounds a repeat), when it is larger than the setting's.
     """
     say = progress or (lambda stage: None)
     say("building")
-    runs = {name: session(setting, [*overrides, *extra]) for name, extra in VARIANTS.items()}
-    plain = PlainLoop(runs["row_col"])
-    row_col, runtime = runs["row_col"], runs["row_col"].runtime
     load_before = load_average()
     say("training steps")
-    steps = training_steps(runs, plain, reps * repeats, warmup)
+    steps, runs = training_steps(setting, list(VARIANTS), reps, repeats, warmup, overrides)
+    row_col, runtime = runs["row_col"], runs["row_col"].runtime
     loader = data_loader_seconds(row_col, reps)
     tokens = setting.batch_size * setting.seq_len
     step_s = {name: median_s(t) for name, t in steps.items()}
@@ -235,6 +260,7 @@ def measure_point(setting: Setting, reps: int, warmup: int = 1, rounds: int = 3,
         "muon_vs_adamw": ratio(steps["muon"], steps["row_col"], repeats),
         "muon_ns_dtype": muon_ns_dtype(runs["muon"].optimizer),
         "trainer_vs_plain_loop": ratio(steps["row_col"], steps["plain_loop"], repeats),
+        "control_ratio": ratio(steps[CONTROL], steps["none"], repeats),
         "diagnostics_overhead": round(1 + spectral["diagnostics_measure_s"] / (every * step_s["row_col"]), 5),
         "diagnostics_every": every,
         "diagnostics_overhead_range": [round(1 + t / (every * step_s["row_col"]), 5)
@@ -251,11 +277,12 @@ def measure_point(setting: Setting, reps: int, warmup: int = 1, rounds: int = 3,
         "multiplier_paths": paths,
         "load_average_before": load_before,
     }
-    del runs, plain, row_col
+    del runs, row_col
     gc.collect()
     if scale_batch is not None and scale_batch > setting.batch_size:
         say("training steps at scale")
-        result["at_scale"] = at_scale(setting, scale_batch, scale_reps or reps, repeats, warmup, overrides)
+        # one untimed step per fresh session: at scale a step is long enough to average its own noise out
+        result["at_scale"] = at_scale(setting, scale_batch, scale_reps or reps, repeats, 1, overrides)
     result["load_average_after"] = load_average()
     return result
 

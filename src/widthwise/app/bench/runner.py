@@ -35,8 +35,9 @@ TARGETS = {"multiplier_train_overhead": 1.02, "folded_inference_ratio": 1.02, "d
 SCALE_TARGETS = {"multiplier_train_overhead": 1.01, "trainer_vs_plain_loop": 1.01}
 #: Tokens a step at which the matmuls dominate a training step of the bench's models, as in real training.
 SCALE_TOKENS = 8192
-#: Ratios reported without a target.
-REPORTED = ("muon_vs_adamw", "unfolded_inference_ratio")
+#: Ratios reported without a target (``control_ratio``: the A/A control, two sessions without multipliers built
+#: alike, whose distance from 1 is the noise floor the step ratios are read against).
+REPORTED = ("muon_vs_adamw", "unfolded_inference_ratio", "control_ratio")
 #: Graphs dynamo may keep per code object while one point is measured (its models, with room to spare).
 COMPILED_PER_POINT = 64
 
@@ -64,9 +65,10 @@ class Plan:
         return -(-self.scale_tokens // self.seq_len) if self.scale_tokens else None
 
 
-#: Quick: 1,024 tokens a step (the worst case) at two widths, the at-scale point (8,192) at the smaller only.
-QUICK = Plan(name="quick", widths=(128, 256), modes=("eager_fp32",), batch_size=8, seq_len=128, reps=3, rounds=2,
-             steps_between=1, scale_smallest_only=True)
+#: Quick: 1,024 tokens a step (the worst case) at two widths, the at-scale point (8,192) at the smaller only; five
+#: repeats on fresh sessions (three left ranges of +-10-20% on a shared 2-core VM).
+QUICK = Plan(name="quick", widths=(128, 256), modes=("eager_fp32",), batch_size=8, seq_len=128, reps=4, rounds=2,
+             steps_between=1, repeats=5, scale_smallest_only=True)
 FULL = Plan(widths=(256, 512, 1024), modes=MODES, batch_size=4, seq_len=256, reps=6, rounds=3, steps_between=4)
 
 
@@ -156,6 +158,8 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
     scaled = [r["at_scale"] for r in results if "at_scale" in r]
     if scaled:
         summary["at_scale"] = {"tokens_per_step": scaled[0]["tokens_per_step"]}
+        control = [_value(r["control_ratio"]) for r in scaled]
+        summary["at_scale"]["control_ratio"] = {"max": max(control), "min": min(control)}
         for key, target in SCALE_TARGETS.items():
             values = [_value(r[key]) for r in scaled]
             summary["at_scale"][key] = {"max": max(values), "median": round(statistics.median(values), 4),
@@ -171,12 +175,14 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 def table(report: dict[str, Any]) -> str:
     """The figures as a plain-text table, one row per (width, mode)."""
-    header = ["width", "mode", "tok/s", "mult", "folded", "muon/adamw", "trainer/plain", "diag", "PI speedup",
+    header = ["width", "mode", "tok/s", "mult", "A/A control", "folded", "muon/adamw", "trainer/plain", "diag",
+              "PI speedup",
               "PI err", "loader", "MFU"]
     rows = []
     for r in report["results"]:
         rows.append((r["width"], r["mode"], f"{r['tokens_per_s']['row_col']:,.0f}",
-                     _with_spread(r["multiplier_train_overhead"]), f"{r['folded_inference_ratio']['ratio']:.3f}",
+                     _with_spread(r["multiplier_train_overhead"]), _with_spread(r["control_ratio"]),
+                     f"{r['folded_inference_ratio']['ratio']:.3f}",
                      f"{r['muon_vs_adamw']['ratio']:.3f}", _with_spread(r["trainer_vs_plain_loop"]),
                      f"{r['diagnostics_overhead']:.4f}", f"{r['power_iteration_speedup']:.1f}x",
                      f"{r['power_iteration_rel_error']:.1e}", f"{100 * r['data_loader_share']:.2f}%",
@@ -186,7 +192,8 @@ def table(report: dict[str, Any]) -> str:
     targets = ", ".join(f"{k} <= {v}: {'met' if report['summary'][k]['met'] else 'MISSED'} "
                         f"(worst {report['summary'][k]['max']:.4f})" for k, v in TARGETS.items())
     lines.append(f"  at {tokens:,} tokens a step (the worst case); [min, max] over {report['plan']['repeats']} "
-                 "repeats in brackets")
+                 "repeats in brackets, each on sessions built afresh; A/A control: two identical sessions without "
+                 "multipliers, the noise floor")
     scale = report["summary"].get("at_scale")
     if scale:
         for r in report["results"]:
@@ -194,7 +201,8 @@ def table(report: dict[str, Any]) -> str:
                 a = r["at_scale"]
                 lines.append(f"  at {a['tokens_per_step']:,} tokens a step, width {r['width']} {r['mode']}: "
                              f"mult {_with_spread(a['multiplier_train_overhead'])}, trainer/plain "
-                             f"{_with_spread(a['trainer_vs_plain_loop'])}")
+                             f"{_with_spread(a['trainer_vs_plain_loop'])}, A/A control "
+                             f"{_with_spread(a['control_ratio'])}")
         targets += "; at scale: " + ", ".join(
             f"{k} <= {v}: {'met' if scale[k]['met'] else 'MISSED'} (worst {scale[k]['max']:.4f})"
             for k, v in SCALE_TARGETS.items())
