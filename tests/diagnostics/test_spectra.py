@@ -216,3 +216,96 @@ def test_summary_on_a_model_is_consistent():
     approx = stable_ranks(model)
     assert approx.keys() == summary.keys()
     assert all(approx[k] == pytest.approx(summary[k]["stable_rank"], rel=0.02) for k in approx)
+
+
+# Batches: matrices of one shape (up to transposition) are iterated together, each to its own convergence.
+
+MIXED_SHAPES = [(96, 64)] * 3 + [(64, 96)] * 2 + [(50, 50)] * 3 + [(200, 50), (40, 3)]  # the last two alone
+
+
+def _mixed(seed: int = 0) -> dict[str, torch.Tensor]:
+    return {f"m{i}-{shape}": _gaussian(shape, seed + i) for i, shape in enumerate(MIXED_SHAPES)}
+
+
+def _one_matrix_at_a_time(w: torch.Tensor, tol: float) -> tuple[float, int]:
+    """The algorithm on one matrix, written plainly: cold block power iteration on the smaller side."""
+    a = w if w.shape[0] >= w.shape[1] else w.T
+    v = spectra._cold_block(a.shape[1], min(spectra.BLOCK, a.shape[1]), tuple(w.shape), w.device)
+    sigma = 0.0
+    for iters in range(1, 201):
+        q = torch.linalg.qr(a.T @ (a @ v)).Q
+        new = float(torch.linalg.svdvals(a @ q)[0])  # the top Ritz value
+        if abs(new - sigma) <= tol * new:
+            return new, iters
+        sigma, v = new, q
+    return sigma, 200
+
+
+def test_a_batch_matches_svd_and_each_matrix_alone():
+    tensors = _mixed()
+    assert [len(batch) for batch in spectra._batches({k: (t, t) for k, t in tensors.items()})] == [5, 3, 1, 1]
+    batched = top_singular_values(tensors, warm_start=False, tol=1e-6)
+    iterations = dict(spectra.last_iterations)
+    assert _max_rel_error(batched, _exact_top(tensors)) < 1e-3
+    for name, w in tensors.items():
+        sigma, iters = _one_matrix_at_a_time(w, tol=1e-6)
+        assert batched[name] == pytest.approx(sigma, rel=1e-5)
+        assert abs(iterations[name] - iters) <= 1, name  # float rounding may move the stop by one
+    assert len(set(iterations.values())) > 3  # each stopped on its own
+
+
+def test_a_matrix_result_does_not_depend_on_its_batch(monkeypatch):
+    tensors = _mixed(seed=10)
+    together = top_singular_values(tensors, warm_start=False)
+    iterations = dict(spectra.last_iterations)
+    monkeypatch.setattr(spectra, "CPU_BATCH_BYTES", 1)  # one matrix per batch
+    assert all(len(batch) == 1 for batch in spectra._batches({k: (t, t) for k, t in tensors.items()}))
+    alone = top_singular_values(tensors, warm_start=False)
+    assert spectra.last_iterations == iterations
+    assert all(alone[name] == pytest.approx(together[name], rel=1e-6) for name in tensors)
+
+
+def test_nan_and_zero_matrices_leave_the_rest_of_their_batch_alone():
+    good = {f"g{i}": _gaussian((64, 32), i) for i in range(3)}
+    reference = top_singular_values(good, warm_start=False)
+    counts = dict(spectra.last_iterations)
+    nan, inf = _gaussian((64, 32), 9), _gaussian((32, 64), 9)
+    nan[5, 7], inf[0, 0] = math.nan, math.inf
+    mixed = {"nan": nan, **good, "zero": torch.zeros(64, 32), "inf": inf}
+    result = top_singular_values(mixed, warm_start=False)
+    assert math.isnan(result["nan"]) and math.isnan(result["inf"]) and result["zero"] == 0.0
+    assert {k: spectra.last_iterations[k] for k in ("nan", "inf", "zero")} == {"nan": 0, "inf": 0, "zero": 1}
+    assert {k: spectra.last_iterations[k] for k in good} == counts
+    assert all(result[k] == pytest.approx(reference[k], rel=1e-6) for k in good)
+
+
+def test_a_non_finite_matrix_keeps_its_warm_start():
+    w = _gaussian((64, 32), 3)
+    top_singular_values({"w": w})
+    subspace = spectra._WARM["mapping"][w].clone()
+    saved = w.clone()
+    with torch.no_grad():
+        w[0, 0] = math.nan
+    assert math.isnan(top_singular_values({"w": w, "other": _gaussian((64, 32), 4)})["w"])
+    assert torch.equal(spectra._WARM["mapping"][w], subspace)
+    with torch.no_grad():
+        w.copy_(saved)
+    top_singular_values({"w": w})
+    assert spectra.last_iterations["w"] == spectra.MIN_WARM_ITERS  # still warm
+
+
+def test_warm_and_cold_members_of_a_batch_keep_their_own_iteration_counts():
+    warm = {f"w{i}": _gaussian((128, 96), i) for i in range(3)}
+    top_singular_values(warm, warm_start=False)
+    cold_counts = dict(spectra.last_iterations)
+    with torch.no_grad():
+        for i, w in enumerate(warm.values()):
+            w.add_(_gaussian((128, 96), 10 + i), alpha=1e-3)  # a training step's worth of change
+    fresh = {"cold": _gaussian((96, 128), 20)}  # same batch, transposed
+    top_singular_values({"cold": fresh["cold"].clone()})  # another key: the batch below starts it cold too
+    fresh_count = spectra.last_iterations["cold"]
+    result = top_singular_values({**warm, **fresh})
+    counts = dict(spectra.last_iterations)
+    assert counts["cold"] == fresh_count >= 5
+    assert all(spectra.MIN_WARM_ITERS <= counts[k] <= 4 and counts[k] * 2 <= cold_counts[k] for k in warm)
+    assert _max_rel_error(result, _exact_top({**warm, **fresh})) < 0.01
