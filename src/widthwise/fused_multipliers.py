@@ -51,11 +51,17 @@ import torch.nn.functional as F
 
 #: Smallest weight (elements) that takes the fused path in eager mode. Below it, the per-call Python cost of a
 #: ``torch.autograd.Function`` (~10 us forward and backward) outweighs the passes it saves, and autograd's own
-#: C++ products are faster, ``V * addr(r, c)`` fastest of all (:func:`_addr`). Measured (our benchmark,
-#: ``row_col``, forward + backward of 10 weights in one graph, 1 thread, 2-core AMD EPYC at load average 4-5;
-#: minimum microseconds per weight, the old ``(V * r) * c`` / the Function / ``V * addr(r, c)``):
-#: 64x128 51 / 61 / 43; 128x128 79 / 88 / 69; 352x128 128 / 128 / 110; 256x256 205 / 225 / 153;
-#: 704x256 550 / 498 / 506; 512x512 734 / 687 / 704; 4096x128 1624 / 1373 / 1699; 1024x1024 3432 / 2916 / 3061.
+#: C++ products, ``V * (r c^T)`` (:func:`unfused_weight`), are faster. Measured (our benchmarks, ``row_col``, 1
+#: thread, 2-core AMD EPYC with AVX512-BF16, interleaved in shuffled order, medians):
+#:
+#: - forward + backward of the whole demo model (width 128, 1,024 tokens; weights of 8K-45K elements), the same
+#:   model object on each path, 40-50 rounds, three runs: ``V * addr(r, c)`` (the previous small path, whose
+#:   backward is two ``gemv``) 142.3 / 147.3 / 145.8 ms, the products 141.2 / 144.6 / 143.0 ms, the Function
+#:   145.3 ms (one run), the model folded 139.2-142.4 ms. ``addr`` alone runs 5x slower than the outer product
+#:   (34 against 6 us at 352 x 128), more than its ``gemv`` backward saves;
+#: - at width 256 (up to 704 x 256 = 180K elements) the paths were within the run-to-run noise (+-2%);
+#: - one 1024 x 1024 layer at 2,048 tokens, forward + backward over the plain layer: the Function +3.9 ms, the
+#:   products +10.0 ms (the fused path's fewer weight-sized passes win once a weight outgrows the caches).
 FUSED_MIN_NUMEL = 1 << 17
 
 
@@ -174,32 +180,16 @@ def scaled_weight(
     Give ``scalar`` alone, or ``row`` and/or ``col`` (vectors along ``out_axis`` / ``in_axis``).
     ``fused=True``: a :class:`torch.autograd.Function` whose backward is the closed form of BRIEF section 2
     (arXiv 2601.04890), see the module docstring; ``False``: :func:`unfused_weight`; ``None`` (default): fused
-    in eager mode for weights of at least :data:`FUSED_MIN_NUMEL` elements; for smaller ones autograd's own
-    products (``row_col``: ``V * addr(r, c)``, see :func:`_addr`); under ``torch.compile`` the plain expression
-    (inductor fuses it itself).
+    in eager mode for weights of at least :data:`FUSED_MIN_NUMEL` elements, autograd's own products for smaller
+    ones, and under ``torch.compile`` the plain expression (inductor fuses it itself).
     """
     if scalar is None and row is None and col is None:
         return weight
-    compiling = _compiling()
     if fused is None:
-        fused = weight.numel() >= FUSED_MIN_NUMEL and not compiling
+        fused = weight.numel() >= FUSED_MIN_NUMEL and not _compiling()
     if fused:
         return _ScaledWeight.apply(weight, scalar, row, col, out_axis, in_axis)
-    if row is not None and col is not None and weight.ndim == 2 and not compiling and not _autocasting(weight):
-        return weight * _addr(row, col, out_axis)
     return unfused_weight(weight, scalar, row, col, out_axis, in_axis)
-
-
-def _addr(row: torch.Tensor, col: torch.Tensor, out_axis: int) -> torch.Tensor:
-    """``r_i c_j`` laid out as the weight, by ``torch.addr``: autograd's backward of it is two ``gemv``.
-
-    The closed forms of BRIEF section 2 without a Python ``Function``: with ``V * (r c^T)``, autograd gives
-    ``dL/d(r c^T) = G * V`` and ``addr``'s derivative turns it into ``(G * V) c`` and ``(G * V)^T r``, the same
-    work as :class:`_ScaledWeight`'s backward (our derivation). Products are exact (``beta=0``, ``alpha=1``).
-    Not under autocast, which runs ``addr`` in half precision on CUDA.
-    """
-    zero = row.new_zeros(())
-    return torch.addr(zero, row, col, beta=0) if out_axis == 0 else torch.addr(zero, col, row, beta=0)
 
 
 def _autocasting(tensor: torch.Tensor) -> bool:
