@@ -212,3 +212,26 @@ def test_gpt2_conv1d_layers():
     assert summary["lm_head"] == gains["lm_head"]
     convs = [v for k, v in gains.items() if k.endswith(("c_attn", "c_proj", "c_fc"))]
     assert summary["matrix_mean"] == pytest.approx(sum(convs) / len(convs))  # the head left out
+
+
+def test_layers_reading_one_input_reduce_it_once_with_the_same_gains(tiny, monkeypatch):
+    from widthwise.diagnostics import gains as module
+
+    idx = tokens(2, 8, 300)
+    before = sublayer_gains(tiny, idx)
+    calls: list[tuple[int, ...]] = []
+    real = module._sum_squares
+
+    def counted(x):
+        calls.append(tuple(x.shape))
+        return real(x)
+
+    monkeypatch.setattr(module, "_sum_squares", counted)
+    after = sublayer_gains(tiny, idx)
+    assert after == before
+    q, k, v = (f"blocks.0.attn.{p}_proj" for p in "qkv")
+    assert {q, k, v} <= set(after)
+    # q, k and v read the attention norm's output and gate/up the MLP norm's: one reduction each, not three / two
+    layers = len(after)
+    blocks = len(tiny.blocks)
+    assert len(calls) == 2 * layers - blocks * (2 + 1)

@@ -84,14 +84,24 @@ def _call(model: nn.Module, batch: Any) -> Any:
 
 
 def _measure(model: nn.Module, modules: Mapping[str, nn.Module], batch: Any) -> dict[str, list]:
-    """``{name: [(sum x^2, numel x, sum y^2, numel y), ...]}`` per call, from one eval-mode no-grad forward."""
+    """``{name: [(sum x^2, numel x, sum y^2, numel y), ...]}`` per call, from one eval-mode no-grad forward.
+
+    Layers that read one tensor in a row (``q``/``k``/``v``, ``gate``/``up``) reduce it once: the last input
+    and its sum of squares are kept (a reference, so the tensor cannot be freed and another take its place).
+    """
     records: dict[str, list] = {name: [] for name in modules}
+    last: list[Any] = [None, None]  # the last input tensor and its sum of squares
+
+    def input_squares(x: torch.Tensor) -> torch.Tensor:
+        if x is not last[0]:
+            last[0], last[1] = x, _sum_squares(x)
+        return last[1]
 
     def hook_for(name: str) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
             x, y = _input_tensor(args, kwargs), _output_tensor(output)
             if x is not None and y is not None:
-                records[name].append((_sum_squares(x), x.numel(), _sum_squares(y), y.numel()))
+                records[name].append((input_squares(x), x.numel(), _sum_squares(y), y.numel()))
         return hook
 
     modes = {m: m.training for m in model.modules()}
@@ -103,6 +113,7 @@ def _measure(model: nn.Module, modules: Mapping[str, nn.Module], batch: Any) -> 
         with torch.no_grad():
             _call(model, batch)
     finally:
+        last.clear()
         for handle in handles:
             handle.remove()
         for module, training in modes.items():

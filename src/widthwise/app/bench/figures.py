@@ -128,6 +128,7 @@ def spectra_and_diagnostics(run: Session, rounds: int, steps_between: int) -> di
     gain_batch = run.val[0][0][: run.config.diagnostics.gain_sequences].to(device)
     monitor = TrainingDiagnostics(run.model, run.optimizer, gain_batch)
     top_singular_values(run.model)  # fill the warm start
+    monitor.measure(run.step)  # and the monitor's own (the stored V's): the first measurement of a run is cold
     warm, cold, svd, measure, errors = [], [], [], [], []
     for i in range(2 * rounds):
         for _ in range(steps_between):
