@@ -73,8 +73,8 @@ def test_the_stored_v_sigma_is_logged_where_multipliers_make_it_differ_and_only_
 
 def test_a_measurement_classifies_nothing_and_builds_each_effective_weight_once(monkeypatch):
     """The structure is found when the monitor is made; a measurement evaluates each parametrized weight once
-    (shared by its RMS, sigma_max and the qk drift) beside the gains' forward pass, and records what the
-    standalone functions give."""
+    (shared by its RMS, sigma_max, the qk drift and the gains' forward pass), and records what the standalone
+    functions give."""
     from torch.nn.utils import parametrize
 
     import widthwise.diagnostics as diagnostics
@@ -102,7 +102,7 @@ def test_a_measurement_classifies_nothing_and_builds_each_effective_weight_once(
             if hasattr(module, name):
                 monkeypatch.setattr(module, name, refused)
     record, _, _ = monitor.measure(3)
-    assert len(calls) == len(monitor.parametrized) + per_forward and monitor.parametrized
+    assert per_forward and len(calls) == len(monitor.parametrized) and monitor.parametrized
     monkeypatch.undo()
     assert record["symmetry"] == diagnostics.symmetry_drift(built.model)
     assert record["multipliers"] == diagnostics.multiplier_stats(built.model)
@@ -113,3 +113,4 @@ def test_a_measurement_classifies_nothing_and_builds_each_effective_weight_once(
         entry = record["matrices"][name]
         assert entry["sigma_max_stored"] == pytest.approx(sigmas[name], rel=1e-3)
         assert entry["sigma_max"] != pytest.approx(entry["sigma_max_stored"], rel=1e-3)
+

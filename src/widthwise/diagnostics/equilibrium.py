@@ -18,7 +18,7 @@ from torch.optim import AdamW, Muon, Optimizer
 
 from ..roles import ParamSite
 from .matrices import matrix_sites, stored_weight
-from .spectra import rms
+from .spectra import rms, rms_many
 
 ABM_OPTIMIZERS = ("adamw", "muon")
 
@@ -169,16 +169,14 @@ def equilibrium_report(
     """
     report = {}
     holders = _holders(optimizer)
-    for name, site in (matrix_sites(model) if sites is None else sites).items():
-        found = holders.get(id(site.param))
-        if found is None:
-            continue
-        group, kind = found
+    held = {name: (site, holders[id(site.param)])
+            for name, site in (matrix_sites(model) if sites is None else sites).items() if id(site.param) in holders}
+    values = rms_many([stored_weight(site) for site, _ in held.values()])
+    for (name, (_, (group, kind))), value in zip(held.items(), values, strict=True):
         lr, wd = float(group["lr"]), float(group.get("weight_decay", 0.0))
         eq = None
         if kind == "adamw" and wd > 0 and lr > 0:
             eq = equilibrium_rms(lr, wd, betas=group.get("betas", (0.9, 0.95)) if betas is None else betas)
-        value = rms(stored_weight(site))
         report[name] = {
             "rms": value, "lr": lr, "weight_decay": wd, "optimizer": kind, "role": group.get("role"),
             "equilibrium_rms": eq, "ratio": value / eq if eq else None,

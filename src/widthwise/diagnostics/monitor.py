@@ -20,7 +20,7 @@ from .gains import gain_modules, gain_summary, sublayer_gains
 from .matrices import effective_weight, matrix_sites, stored_weight
 from .multiplier_stats import SymmetryMonitor, drift_warnings, multiplier_groups, multiplier_stats
 from .naming import pool_by_layer_type
-from .spectra import rms, site_matrices, top_sigmas
+from .spectra import rms_many, site_matrices, top_sigmas
 
 
 class TrainingDiagnostics:
@@ -59,7 +59,15 @@ class TrainingDiagnostics:
 
     @torch.no_grad()
     def measure(self, step: int) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
-        """``(record, tensorboard scalars, new warnings)`` for the model as it is at ``step``."""
+        """``(record, tensorboard scalars, new warnings)`` for the model as it is at ``step``.
+
+        Each parametrized weight is built once (``parametrize.cached``): the gains' forward pass reuses the
+        effective weights the spectra and RMS measured.
+        """
+        with parametrize.cached():
+            return self._measure(step)
+
+    def _measure(self, step: int) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
         matrices: dict[str, dict[str, Any]] = {name: {} for name in self.sites}
         # Each effective weight is built once per measurement, shared by its RMS, sigma_max and the qk drift.
         built = {name: effective_weight(self.sites[name]) for name in self.parametrized}
@@ -67,8 +75,8 @@ class TrainingDiagnostics:
         def applied(site: ParamSite) -> torch.Tensor:
             return built[site.name] if site.name in built else effective_weight(site)
 
-        for name in self.parametrized:
-            matrices[name]["rms_effective"] = rms(built[name])
+        for name, value in zip(self.parametrized, rms_many([built[n] for n in self.parametrized]), strict=True):
+            matrices[name]["rms_effective"] = value
         if self.spectra:
             for name, sigma in top_sigmas(site_matrices(self.sites, applied), "effective").items():
                 matrices[name]["sigma_max"] = sigma
@@ -80,8 +88,9 @@ class TrainingDiagnostics:
             for name, entry in equilibrium_report(self.model, self.optimizer, sites=self.sites).items():
                 matrices[name].update(rms=entry["rms"], lr=entry["lr"], weight_decay=entry["weight_decay"],
                                       equilibrium_rms=entry["equilibrium_rms"], equilibrium_ratio=entry["ratio"])
-        for name, site in self.sites.items():
-            matrices[name].setdefault("rms", rms(site.param.detach()))
+        missing = [name for name in self.sites if "rms" not in matrices[name]]
+        for name, value in zip(missing, rms_many([self.sites[n].param for n in missing]), strict=True):
+            matrices[name]["rms"] = value
         record: dict[str, Any] = {"step": step, "matrices": matrices}
         if self.batch is not None:
             gains = sublayer_gains(self.model, self.batch, modules=self.gain_modules)
