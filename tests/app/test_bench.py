@@ -53,14 +53,20 @@ def test_bench_quick_writes_every_figure_per_width(report, capsys):
     assert scale["trainer_vs_plain_loop"]["repeats"] == 5 and scale["multiplier_train_overhead"]["ratio"] > 0
     assert scale["trainer_vs_plain_loop"]["reps"] == 10 and r["plan"]["scale_reps"] == 2  # 2 steps x 5 repeats
     assert scale["control_ratio"]["reps"] == 10 and "control_ratio" in r["summary"]["at_scale"]
+    assert scale["multiplier_costs"]["forward_backward_ratio"]["reps"] == 4
     assert r["summary"]["at_scale"]["trainer_vs_plain_loop"]["target"] == 1.01
     text = table(r)
     assert "at 64 tokens a step, width 32 eager_fp32: mult " in text
+    assert "multipliers' share, width 64 eager_fp32: forward + backward " in text
     assert "at scale: multiplier_train_overhead <= 1.01" in text
     for p in r["results"]:
         assert set(p["tokens_per_s"]) == {"row_col", "none", "muon", "none_control", "plain_loop"}
         assert all(v > 0 for v in p["tokens_per_s"].values())
         assert p["diagnostics_overhead"] > 1 and p["diagnostics_every"] == 50
+        costs = p["multiplier_costs"]
+        assert costs["forward_backward_ratio"]["reps"] == 10 and set(costs["update_s"]) == {"row_col", "none"}
+        assert set(costs["forward_backward_s"]) == {"multipliers", "folded"}
+        assert isinstance(costs["forward_backward_ms"], float) and isinstance(costs["update_ms"], float)
         assert p["power_iteration_speedup"] > 0 and 0 <= p["power_iteration_rel_error"] < 1e-3
         assert p["matrices"] == 2 * 7 + 2  # 2 blocks x 7 projections, the embedding and the head
         assert 0 < p["data_loader_share"] < 1 and p["achieved_tflops"] > 0

@@ -26,7 +26,7 @@ from ...optim.muon import BatchedMuon
 from ...parametrizations import Multipliers
 from ..config import DiagnosticsConfig
 from ..session import Session
-from ..setup import build
+from ..setup import apply_update, build
 from .peak import peak_flops
 from .sessions import PlainLoop, Setting, session, train_step
 from .timing import interleaved, load_average, median_s, ratio, timed
@@ -82,12 +82,60 @@ def data_loader_seconds(run: Session, reps: int) -> list[float]:
     return [timed(batch, device) for _ in range(reps)]
 
 
+def folded_copy(run: Session) -> torch.nn.Module:
+    """A copy of ``run``'s model with its multipliers folded into the weights: a plain model, the same outputs."""
+    folded = build(run.config, run.built.model_config.vocab_size, run.runtime.device).model
+    folded.load_state_dict(run.model.state_dict())
+    return fold_multipliers(folded)
+
+
+def multiplier_costs(row_col: Session, none: Session, rounds: int) -> dict[str, Any]:
+    """Where the multipliers' share of a training step goes, in milliseconds a step, each part side by side.
+
+    ``forward_backward``: the ``row_col`` model against its folded copy on one batch (the same weights, so the
+    same values: only the multipliers' passes differ); ``update``: the ``row_col`` session's clip, optimizer
+    step and zero-grad against the ``none`` session's (its 2 x blocks x 7 + 2 more, tiny, parameters).
+    """
+    device = row_col.runtime.device
+    folded = folded_copy(row_col)
+    x, y = (t.to(device) for t in row_col.sampler.next_batch())
+    compiled = row_col.runtime.compile
+
+    def forward_backward(model: torch.nn.Module) -> Callable[[], None]:
+        forward = torch.compile(model) if compiled else model
+
+        def run() -> None:
+            with row_col.runtime.autocast():
+                loss = forward(x, y)
+            loss.backward()
+            model.zero_grad(set_to_none=True)
+        return run
+
+    passes = interleaved({"multipliers": forward_backward(row_col.model), "folded": forward_backward(folded)},
+                         rounds, warmup=2, device=device)
+    update: dict[str, list[float]] = {"row_col": [], "none": []}
+    for i in range(rounds + 1):
+        for name, run in (("row_col", row_col), ("none", none))[:: 1 if i % 2 else -1]:
+            with run.runtime.autocast():
+                loss = run.model(*(t.to(device) for t in run.sampler.next_batch()))
+            loss.backward()
+            seconds = timed(lambda r=run: apply_update(r.built, r.config), device)
+            if i:  # the first round warms up
+                update[name].append(seconds)
+    return {
+        "forward_backward_ms": round(1e3 * (statistics.median(passes["multipliers"])
+                                            - statistics.median(passes["folded"])), 3),
+        "forward_backward_ratio": ratio(passes["multipliers"], passes["folded"]),
+        "update_ms": round(1e3 * (statistics.median(update["row_col"]) - statistics.median(update["none"])), 3),
+        "update_s": {name: median_s(t) for name, t in update.items()},
+        "forward_backward_s": {name: median_s(t) for name, t in passes.items()},
+    }
+
+
 def inference(row_col: Session, none: Session, reps: int) -> dict[str, Any]:
     """Forward time of the folded model and of the model with multipliers, each against the plain model."""
-    config, device = row_col.config, row_col.runtime.device
-    folded = build(config, row_col.built.model_config.vocab_size, device).model
-    folded.load_state_dict(row_col.model.state_dict())
-    fold_multipliers(folded)
+    device = row_col.runtime.device
+    folded = folded_copy(row_col)
     x = row_col.val[0][0].to(device)
     models = {"plain": none.model, "folded": folded, "multipliers": row_col.model}
     compiled = row_col.runtime.compile
@@ -213,6 +261,7 @@ def at_scale(setting: Setting, batch_size: int, reps: int, repeats: int, warmup:
         "multiplier_train_overhead": ratio(steps["row_col"], steps["none"], repeats),
         "trainer_vs_plain_loop": ratio(steps["row_col"], steps["plain_loop"], repeats),
         "control_ratio": ratio(steps[CONTROL], steps["none"], repeats),
+        "multiplier_costs": multiplier_costs(runs["row_col"], runs["none"], max(4, reps)),
         "step_s": step_s, "tokens_per_s": {name: round(tokens / s, 1) for name, s in step_s.items()},
     }
     del runs
@@ -241,6 +290,8 @@ def measure_point(setting: Setting, reps: int, warmup: int = 2, rounds: int = 3,
     loader = data_loader_seconds(row_col, reps)
     tokens = setting.batch_size * setting.seq_len
     step_s = {name: median_s(t) for name, t in steps.items()}
+    say("multiplier costs")
+    costs = multiplier_costs(row_col, runs["none"], reps * repeats)
     say("inference")
     infer = inference(row_col, runs["none"], reps)
     say("spectra and diagnostics")
@@ -262,6 +313,7 @@ def measure_point(setting: Setting, reps: int, warmup: int = 2, rounds: int = 3,
         "muon_ns_dtype": muon_ns_dtype(runs["muon"].optimizer),
         "trainer_vs_plain_loop": ratio(steps["row_col"], steps["plain_loop"], repeats),
         "control_ratio": ratio(steps[CONTROL], steps["none"], repeats),
+        "multiplier_costs": costs,
         "diagnostics_overhead": round(1 + spectral["diagnostics_measure_s"] / (every * step_s["row_col"]), 5),
         "diagnostics_every": every,
         "diagnostics_overhead_range": [round(1 + t / (every * step_s["row_col"]), 5)

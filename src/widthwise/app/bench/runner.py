@@ -194,15 +194,24 @@ def table(report: dict[str, Any]) -> str:
     lines.append(f"  at {tokens:,} tokens a step (the worst case); [min, max] over {report['plan']['repeats']} "
                  "repeats in brackets, each on sessions built afresh; A/A control: two identical sessions without "
                  "multipliers, the noise floor")
+    for r in report["results"]:
+        c = r["multiplier_costs"]
+        lines.append(f"  multipliers' share, width {r['width']} {r['mode']}: forward + backward "
+                     f"{c['forward_backward_ms']:+.2f} ms ({c['forward_backward_ratio']['ratio']:.3f}x the folded "
+                     f"model, same weights), update {c['update_ms']:+.2f} ms, "
+                     f"of a {1e3 * r['step_s']['row_col']:.1f} ms step")
     scale = report["summary"].get("at_scale")
     if scale:
         for r in report["results"]:
             if "at_scale" in r:
                 a = r["at_scale"]
+                c = a["multiplier_costs"]
                 lines.append(f"  at {a['tokens_per_step']:,} tokens a step, width {r['width']} {r['mode']}: "
                              f"mult {_with_spread(a['multiplier_train_overhead'])}, trainer/plain "
                              f"{_with_spread(a['trainer_vs_plain_loop'])}, A/A control "
-                             f"{_with_spread(a['control_ratio'])}")
+                             f"{_with_spread(a['control_ratio'])}; multipliers' share: forward + backward "
+                             f"{c['forward_backward_ms']:+.2f} ms ({c['forward_backward_ratio']['ratio']:.3f}x), "
+                             f"update {c['update_ms']:+.2f} ms, of a {1e3 * a['step_s']['row_col']:.1f} ms step")
         targets += "; at scale: " + ", ".join(
             f"{k} <= {v}: {'met' if scale[k]['met'] else 'MISSED'} (worst {scale[k]['max']:.4f})"
             for k, v in SCALE_TARGETS.items())
