@@ -250,7 +250,7 @@ def test_sigkill_during_validation_or_diagnostics_then_resume_is_exact(reference
     """Killed halfway through the second validation (step 12) or the second diagnostics measurement (step 20):
     the step's record is not half-written into the logs, and the resume repeats nothing."""
     run = tmp_path / "run"
-    hook = _inside(within, nth, _at("forward", "call", 5) if within == "evaluate" else _at("rms", "call", 3))
+    hook = _inside(within, nth, _at("forward", "call", 5) if within == "evaluate" else _at("rms_many", "call", 2))
     _killed(spawn(tmp_path, ["train", "tiny", "--out", str(run), *sets()], hook))
     assert main(["train", "--resume", str(run)]) == 0
     _same_run(run, reference)
