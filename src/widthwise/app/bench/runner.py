@@ -66,8 +66,9 @@ class Plan:
 
 
 #: Quick: 1,024 tokens a step (the worst case) at two widths, the at-scale point (8,192) at the smaller only; five
-#: repeats on fresh sessions (three left ranges of +-10-20% on a shared 2-core VM).
-QUICK = Plan(name="quick", widths=(128, 256), modes=("eager_fp32",), batch_size=8, seq_len=128, reps=4, rounds=2,
+#: repeats on fresh sessions (three left ranges of +-10-20% on a shared 2-core VM); the diagnostics' cost the
+#: median of three measurements.
+QUICK = Plan(name="quick", widths=(128, 256), modes=("eager_fp32",), batch_size=8, seq_len=128, reps=4, rounds=3,
              steps_between=1, repeats=5, scale_smallest_only=True)
 FULL = Plan(widths=(256, 512, 1024), modes=MODES, batch_size=4, seq_len=256, reps=6, rounds=3, steps_between=4)
 
