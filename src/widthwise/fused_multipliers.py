@@ -55,10 +55,10 @@ import torch.nn.functional as F
 #: thread, 2-core AMD EPYC with AVX512-BF16, interleaved in shuffled order, medians):
 #:
 #: - forward + backward of the whole demo model (width 128, 1,024 tokens; weights of 8K-45K elements), the same
-#:   model object on each path, 40-50 rounds, three runs: ``V * addr(r, c)`` (the previous small path, whose
-#:   backward is two ``gemv``) 142.3 / 147.3 / 145.8 ms, the products 141.2 / 144.6 / 143.0 ms, the Function
-#:   145.3 ms (one run), the model folded 139.2-142.4 ms. ``addr`` alone runs 5x slower than the outer product
-#:   (34 against 6 us at 352 x 128), more than its ``gemv`` backward saves;
+#:   model object on each path, 40-50 rounds, four runs (the last on a loaded machine): ``V * addr(r, c)`` (the
+#:   previous small path, whose backward is two ``gemv``) 142.6 / 145.8 / 147.3 / 158.8 ms, the products 141.2 /
+#:   143.0 / 144.6 / 157.4 ms; in another run ``addr`` 142.3, the Function 145.3 ms. ``addr`` alone runs 5x
+#:   slower than the outer product (34 against 6 us at 352 x 128), more than its ``gemv`` backward saves;
 #: - at width 256 (up to 704 x 256 = 180K elements) the paths were within the run-to-run noise (+-2%);
 #: - one 1024 x 1024 layer at 2,048 tokens, forward + backward over the plain layer: the Function +3.9 ms, the
 #:   products +10.0 ms (the fused path's fewer weight-sized passes win once a weight outgrows the caches).
