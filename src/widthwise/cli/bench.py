@@ -15,7 +15,8 @@ def add_parser(sub: Subparsers) -> None:
         description="Time the reference model's training step with and without learnable multipliers, with Muon "
                     "and AdamW, against a plain PyTorch loop; folded vs plain inference; power iteration vs SVD; "
                     "the diagnostics' share; tokens/s, MFU and the data loader's share. Every figure is a ratio "
-                    "of interleaved repetitions in one process (medians, load average recorded).",
+                    "of interleaved repetitions in one process (medians, load average recorded), each step ratio "
+                    "beside an A/A control (two identical sessions) that shows the machine's noise.",
         epilog="quick: eager fp32 at two small widths, few repetitions; full: widths 256, 512, 1024, eager fp32 and "
                "compiled (what BENCHMARKS.md reports). Every point runs 1,024 tokens a step (the worst case); the "
                "multiplier and trainer ratios are also measured at --scale-tokens (quick: at the smaller width "
@@ -23,12 +24,13 @@ def add_parser(sub: Subparsers) -> None:
     )
     p.add_argument("config", nargs="?", default="demo", help="base config, YAML or built-in name (default: demo)")
     p.add_argument("--out", type=Path, required=True, help="JSON file to write (a plot goes beside it)")
-    p.add_argument("--quick", action="store_true", help="eager fp32 at two small widths: about a minute on 2 cores")
+    p.add_argument("--quick", action="store_true", help="eager fp32 at two small widths: about 2.5 minutes on 2 cores")
     p.add_argument("--widths", type=int_list, help="comma-separated widths")
     p.add_argument("--modes", type=name_list, help="comma-separated: eager_fp32, compile")
     for name, what in (("batch-size", "sequences per step"), ("seq-len", "tokens per sequence"),
                        ("reps", "interleaved steps per variant and repeat"),
-                       ("repeats", "repeated measurements of each step ratio, for its spread (default 3)"),
+                       ("repeats", "repeated measurements of each step ratio, each on sessions built afresh, for its "
+                                   "spread (default: 5 quick, 3 full)"),
                        ("rounds", "power-iteration/diagnostics rounds")):
         p.add_argument(f"--{name}", type=positive_int, help=what)
     p.add_argument("--scale-tokens", type=int, metavar="N",
