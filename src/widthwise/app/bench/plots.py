@@ -18,6 +18,14 @@ def _ratio(entry: Any) -> float:
     return entry["ratio"] if isinstance(entry, dict) else entry
 
 
+def _spread(rows: list[dict[str, Any]], key: str) -> list[list[float]] | None:
+    """Error bars from each point's [min, max] over its repeats (``None`` where a figure has no repeats)."""
+    entries = [r[key] for r in rows]
+    if not all(isinstance(e, dict) and "repeat_min" in e for e in entries):
+        return None
+    return [[e["ratio"] - e["repeat_min"] for e in entries], [e["repeat_max"] - e["ratio"] for e in entries]]
+
+
 def plot_bench(report: dict[str, Any], path: Path) -> Path:
     """Write the report's plot to ``path`` (PNG, atomically) and return it."""
     import matplotlib
@@ -33,8 +41,13 @@ def plot_bench(report: dict[str, Any], path: Path) -> Path:
             speed.plot(widths, [r["tokens_per_s"][variant] for r in rows], style, marker=marker, color=colors[v],
                        label=f"{variant}, {mode}")
         for k, key in enumerate(OVERHEADS):
-            overhead.plot(widths, [_ratio(r[key]) for r in rows], style, marker="o", color=colors[k],
-                          label=f"{key}, {mode}")
+            values = [_ratio(r[key]) for r in rows]
+            overhead.errorbar(widths, values, yerr=_spread(rows, key), fmt=style, marker="o", color=colors[k],
+                              capsize=3, label=f"{key}, {mode}")
+        control = [_ratio(r["control_ratio"]) for r in rows if "control_ratio" in r]
+        if len(control) == len(rows):  # the A/A control: the noise floor the step ratios are read against
+            overhead.errorbar(widths, control, yerr=_spread(rows, "control_ratio"), fmt=style, marker="d",
+                              color="grey", capsize=3, label=f"A/A control (noise), {mode}")
         muon.plot(widths, [_ratio(r["muon_vs_adamw"]) for r in rows], style, marker="^", color=colors[2],
                   label=f"Muon / AdamW step, {mode}")
     for k, key in enumerate(OVERHEADS):
@@ -42,7 +55,8 @@ def plot_bench(report: dict[str, Any], path: Path) -> Path:
             overhead.axhline(TARGETS[key], color=colors[k], lw=0.8, ls=(0, (1, 3)))
     overhead.axhline(1.0, color="black", lw=0.8)
     for ax, title, ylabel in ((speed, "training throughput (median step)", "tokens/s"),
-                              (overhead, "should be 1 (dotted: targets)", "time ratio, side by side"),
+                              (overhead, "should be 1 (dotted: targets; bars: range over repeats)",
+                               "time ratio, side by side"),
                               (muon, "Muon on hidden matrices vs AdamW", "step time ratio")):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("width")
