@@ -322,3 +322,13 @@ def test_rms_many_equals_rms_of_each_tensor():
     assert math.isnan(many[4]) and math.isnan(rms(tensors[4]))  # empty: NaN, as rms gives
     assert many[5] == math.inf == rms(tensors[5])
     assert spectra.rms_many([]) == []
+
+
+def test_a_matrix_whose_gram_overflows_gives_nan_without_failing_its_batch():
+    g = torch.Generator().manual_seed(5)
+    fine = [torch.randn(64, 32, generator=g) for _ in range(2)]
+    huge = torch.full((64, 32), 1e25)  # finite entries, but A^T A overflows float32: the eigensolver fails
+    sigma = top_singular_values({"a": fine[0], "huge": huge, "b": fine[1]}, warm_start=False)
+    assert math.isnan(sigma["huge"])
+    for name, w in (("a", fine[0]), ("b", fine[1])):
+        assert sigma[name] == pytest.approx(float(torch.linalg.svdvals(w)[0]), rel=1e-3)

@@ -13,6 +13,7 @@ name -> tensor (2-D or more, flattened to ``(shape[0], -1)``) is measured as giv
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import zlib
@@ -119,7 +120,7 @@ def _power_iteration(
     for iters in range(1, max_iters + 1):
         q = torch.linalg.qr((va @ a).mT).Q
         qa = q.mT @ a.mT  # the next iteration's ``va``: two products with ``a`` per iteration, not three
-        new = torch.linalg.eigvalsh(qa @ qa.mT)[:, -1].clamp_min(0).sqrt().tolist()
+        new = _top_eigenvalues(qa @ qa.mT).clamp_min(0).sqrt().tolist()
         done = [not 0 < s < math.inf or (abs(s - old) <= tol * s and iters >= least) or iters == max_iters
                 for s, old, least in zip(new, sigma, min_iters, strict=True)]
         if any(done):
@@ -134,6 +135,20 @@ def _power_iteration(
             members, new, min_iters = ([x[row] for row in keep] for x in (members, new, min_iters))
         v, va, sigma = q, qa, new
     return sigma_out, v_out, iters_out
+
+
+def _top_eigenvalues(gram: torch.Tensor) -> torch.Tensor:
+    """The largest eigenvalue of each symmetric ``k x k`` matrix of the batch ``gram``; NaN for one whose
+    eigensolver fails (entries that overflowed: a diverging run's weights), not an error for the whole batch."""
+    try:
+        return torch.linalg.eigvalsh(gram)[:, -1]
+    except torch.linalg.LinAlgError:
+        out = torch.full(gram.shape[:1], math.nan, dtype=gram.dtype, device=gram.device)
+        for row, matrix in enumerate(gram):
+            if bool(matrix.isfinite().all()):
+                with contextlib.suppress(torch.linalg.LinAlgError):
+                    out[row] = torch.linalg.eigvalsh(matrix)[-1]
+        return out
 
 
 def _iterate_rows(a: torch.Tensor, v: torch.Tensor, rows: list[int], min_iters: list[int], tol: float,
