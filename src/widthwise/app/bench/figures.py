@@ -278,8 +278,8 @@ def measure_point(setting: Setting, reps: int, warmup: int = 2, rounds: int = 3,
     Training steps run ``repeats`` measurements of ``reps`` interleaved rounds, each on sessions built afresh
     (:func:`training_steps`), each step ratio reported with its spread over the ``repeats``
     (:func:`~widthwise.app.bench.timing.ratio`) beside the A/A control's (``control_ratio``, the noise floor);
-    ``scale_batch``: the multiplier and trainer ratios
-    also at that batch (:func:`at_scale`, ``scale_reps`` rounds a repeat), when it is larger than the setting's.
+    ``scale_batch``: the multiplier and trainer ratios also at that batch (:func:`at_scale`, ``scale_reps`` rounds
+    a repeat), when it is larger than the setting's.
     """
     say = progress or (lambda stage: None)
     say("building")

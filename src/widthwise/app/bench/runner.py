@@ -177,8 +177,7 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
 def table(report: dict[str, Any]) -> str:
     """The figures as a plain-text table, one row per (width, mode)."""
     header = ["width", "mode", "tok/s", "mult", "A/A control", "folded", "muon/adamw", "trainer/plain", "diag",
-              "PI speedup",
-              "PI err", "loader", "MFU"]
+              "PI speedup", "PI err", "loader", "MFU"]
     rows = []
     for r in report["results"]:
         rows.append((r["width"], r["mode"], f"{r['tokens_per_s']['row_col']:,.0f}",
