@@ -1,7 +1,9 @@
-"""The HF multiplier-overhead benchmark script runs at a tiny size and reports every figure (no timing asserts)."""
+"""The benchmark scripts run at a tiny size and report every figure (no timing asserts)."""
 
 import importlib.util
 from pathlib import Path
+
+import pytest
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -22,3 +24,25 @@ def test_multiplier_overhead_benchmark_reports_its_figures(capsys):
     assert result["multiplier_train_overhead"] > 0 and result["tokens_per_s_none"] > 0
     assert len(result["loadavg_before"]) == 3
     assert '"multiplier_train_overhead"' in capsys.readouterr().out
+
+
+FLOOR = ["--config", "tiny", "--width", "32", "--batch", "2", "--seq", "16", "--rounds", "2", "--steps", "2",
+         "--evict-mb", "1", "--threads", "1", "--set", "model.kv_heads=2", "--set", "scaling.base_width=32"]
+
+
+def _check_floor(result: dict, paths: set[str]) -> None:
+    assert set(result["ms_above_leaf"]) == paths | {"embedding"}
+    assert set(result["median_ms"]) == paths | {"leaf", "embedding", "embedding_leaf"}
+    assert result["matrices"] == 2 * 7 and result["tokens_per_step"] == 32 and result["step_ms"] > 0
+    assert set(result["share_of_step"]) == set(result["ms_above_leaf"]) and len(result["loadavg_before"]) == 3
+
+
+def test_multiplier_floor_benchmark_reports_each_path(data_cache, capsys):
+    result = load("multiplier_floor").main([*FLOOR, "--no-compile"])
+    _check_floor(result, {"widthwise", "products", "fused"})
+    assert '"ms_above_leaf"' in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_multiplier_floor_benchmark_compiles_the_floor(data_cache):
+    _check_floor(load("multiplier_floor").main(FLOOR), {"widthwise", "products", "fused", "compiled"})

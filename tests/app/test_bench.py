@@ -58,6 +58,8 @@ def test_bench_quick_writes_every_figure_per_width(report, capsys):
     text = table(r)
     assert "at 64 tokens a step, width 32 eager_fp32: mult " in text
     assert "multipliers' share, width 64 eager_fp32: forward + backward " in text
+    assert text.count("; alone, caches cold: matrices ") == 3 and "% of the step" in text
+    assert scale["multiplier_own_work"] is not None and scale["multiplier_costs"]["isolated"]["rounds"] == 12
     assert "at scale: multiplier_train_overhead <= 1.01" in text
     for p in r["results"]:
         assert set(p["tokens_per_s"]) == {"row_col", "none", "muon", "none_control", "plain_loop"}
@@ -67,6 +69,11 @@ def test_bench_quick_writes_every_figure_per_width(report, capsys):
         assert costs["forward_backward_ratio"]["reps"] == 10 and set(costs["update_s"]) == {"row_col", "none"}
         assert set(costs["forward_backward_s"]) == {"multipliers", "folded"}
         assert isinstance(costs["forward_backward_ms"], float) and isinstance(costs["update_ms"], float)
+        isolated = costs["isolated"]  # eager: the multipliers' passes alone, 3 rounds per round of the others
+        assert isolated["matrices"] == 2 * 7 and isolated["rounds"] == 30 and isolated["embedding_lookups"] == 32
+        assert set(isolated["ms_above_leaf"]) == {"widthwise", "embedding"}
+        own = isolated["ms_above_leaf"]["widthwise"] + isolated["ms_above_leaf"]["embedding"] + costs["update_ms"]
+        assert p["multiplier_own_work"] == pytest.approx(own / (1e3 * p["step_s"]["row_col"]), abs=1e-5)
         assert p["power_iteration_speedup"] > 0 and 0 <= p["power_iteration_rel_error"] < 1e-3
         assert p["matrices"] == 2 * 7 + 2  # 2 blocks x 7 projections, the embedding and the head
         assert 0 < p["data_loader_share"] < 1 and p["achieved_tflops"] > 0

@@ -27,6 +27,7 @@ from ...parametrizations import Multipliers
 from ..config import DiagnosticsConfig
 from ..session import Session
 from ..setup import apply_update, build
+from .passes import isolated_passes
 from .peak import peak_flops
 from .sessions import PlainLoop, Setting, session, train_step
 from .timing import interleaved, load_average, median_s, ratio, timed
@@ -93,8 +94,10 @@ def multiplier_costs(row_col: Session, none: Session, rounds: int) -> dict[str, 
     """Where the multipliers' share of a training step goes, in milliseconds a step, each part side by side.
 
     ``forward_backward``: the ``row_col`` model against its folded copy on one batch (the same weights, so the
-    same values: only the multipliers' passes differ); ``update``: the ``row_col`` session's clip, optimizer
-    step and zero-grad against the ``none`` session's (its 2 x blocks x 7 + 2 more, tiny, parameters).
+    same values: only the multipliers' passes differ, but the copy lies elsewhere in memory, which biases it);
+    ``update``: the ``row_col`` session's clip, optimizer step and zero-grad against the ``none`` session's (its
+    2 x blocks x 7 + 2 more, tiny, parameters); ``isolated`` (eager only): the multipliers' passes alone on the
+    model's own weights, caches cold (:func:`~widthwise.app.bench.passes.isolated_passes`).
     """
     device = row_col.runtime.device
     folded = folded_copy(row_col)
@@ -122,7 +125,9 @@ def multiplier_costs(row_col: Session, none: Session, rounds: int) -> dict[str, 
             seconds = timed(lambda r=run: apply_update(r.built, r.config), device)
             if i:  # the first round warms up
                 update[name].append(seconds)
+    isolated = None if compiled else isolated_passes(row_col.model, x, rounds=ISOLATED_ROUNDS * rounds)
     return {
+        "isolated": isolated,
         "forward_backward_ms": round(1e3 * (statistics.median(passes["multipliers"])
                                             - statistics.median(passes["folded"])), 3),
         "forward_backward_ratio": ratio(passes["multipliers"], passes["folded"]),
@@ -130,6 +135,20 @@ def multiplier_costs(row_col: Session, none: Session, rounds: int) -> dict[str, 
         "update_s": {name: median_s(t) for name, t in update.items()},
         "forward_backward_s": {name: median_s(t) for name, t in passes.items()},
     }
+
+
+#: Rounds of the isolated passes per round of the other multiplier costs (they take milliseconds, not a step).
+ISOLATED_ROUNDS = 3
+
+
+def own_work_share(costs: dict[str, Any], step_s: float) -> float | None:
+    """The multipliers' own work as a share of a ``row_col`` step: their isolated passes (matrices and embedding)
+    plus their update, over the step's median time; ``None`` where the passes were not isolated (compiled)."""
+    isolated = costs["isolated"]
+    if isolated is None:
+        return None
+    ms = isolated["ms_above_leaf"]["widthwise"] + isolated["ms_above_leaf"].get("embedding", 0.0) + costs["update_ms"]
+    return round(ms / (1e3 * step_s), 5)
 
 
 def inference(row_col: Session, none: Session, reps: int) -> dict[str, Any]:
@@ -256,12 +275,14 @@ def at_scale(setting: Setting, batch_size: int, reps: int, repeats: int, warmup:
     steps, runs = training_steps(big, AT_SCALE, reps, repeats, warmup, overrides, seed=1)
     step_s = {name: median_s(t) for name, t in steps.items()}
     tokens = batch_size * setting.seq_len
+    costs = multiplier_costs(runs["row_col"], runs["none"], max(4, reps))
     result = {
         "tokens_per_step": tokens,
         "multiplier_train_overhead": ratio(steps["row_col"], steps["none"], repeats),
         "trainer_vs_plain_loop": ratio(steps["row_col"], steps["plain_loop"], repeats),
         "control_ratio": ratio(steps[CONTROL], steps["none"], repeats),
-        "multiplier_costs": multiplier_costs(runs["row_col"], runs["none"], max(4, reps)),
+        "multiplier_costs": costs,
+        "multiplier_own_work": own_work_share(costs, step_s["row_col"]),
         "step_s": step_s, "tokens_per_s": {name: round(tokens / s, 1) for name, s in step_s.items()},
     }
     del runs
@@ -314,6 +335,7 @@ def measure_point(setting: Setting, reps: int, warmup: int = 2, rounds: int = 3,
         "trainer_vs_plain_loop": ratio(steps["row_col"], steps["plain_loop"], repeats),
         "control_ratio": ratio(steps[CONTROL], steps["none"], repeats),
         "multiplier_costs": costs,
+        "multiplier_own_work": own_work_share(costs, step_s["row_col"]),
         "diagnostics_overhead": round(1 + spectral["diagnostics_measure_s"] / (every * step_s["row_col"]), 5),
         "diagnostics_every": every,
         "diagnostics_overhead_range": [round(1 + t / (every * step_s["row_col"]), 5)

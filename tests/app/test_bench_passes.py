@@ -1,0 +1,76 @@
+"""The multipliers' isolated passes: what is timed is the parametrization's own work, and the figures add up."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from tests.helpers import llama, tokens
+
+import widthwise as ww
+from widthwise.app.bench.passes import isolated_passes, matrix_paths, multiplied_weights
+
+
+def _model(dtype: torch.dtype = torch.float32):
+    model = llama(64, layers=2).to(dtype)
+    ww.add_multipliers(model, kind="row_col", placement="all")
+    with torch.no_grad():  # multipliers away from 1, so a path that dropped one would show
+        for p in ww.multiplier_parameters(model):
+            p.uniform_(0.5, 1.5)
+    return model
+
+
+def test_multiplied_weights_are_every_matrix_with_multipliers_and_the_embedding_apart():
+    model = _model()
+    matrices, embedding = multiplied_weights(model)
+    assert len(matrices) == 2 * 7  # 2 blocks x q, k, v, o, gate, up, down; the head gets none
+    layers = model.model.layers
+    assert matrices[0][0] is layers[0].self_attn.q_proj.parametrizations.weight.original
+    assert embedding[0] is model.model.embed_tokens.parametrizations.weight.original
+    assert embedding[1] is model.model.embed_tokens.parametrizations.weight[0]
+
+
+def test_every_path_builds_the_layers_weights_with_the_same_gradients():
+    model = _model(torch.float64)
+    matrices, _ = multiplied_weights(model)
+    modules = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and hasattr(m, "parametrizations")]
+    grads = [torch.randn(v.shape, dtype=torch.float64) for v, _ in matrices]
+    inputs = [t for v, m in matrices for t in (v, m.row, m.col)]
+    expected = [m.weight for m in modules]
+    reference = torch.autograd.grad(sum((w * g).sum() for w, g in zip(expected, grads, strict=True)), inputs)
+    paths = matrix_paths(matrices)
+    assert set(paths) == {"widthwise", "products", "fused", "leaf"}
+    assert all(w is v for w, (v, _) in zip(paths["leaf"](), matrices, strict=True))
+    for name in ("widthwise", "products", "fused"):
+        built = paths[name]()
+        for w, e in zip(built, expected, strict=True):
+            torch.testing.assert_close(w, e, rtol=0, atol=1e-14)
+        got = torch.autograd.grad(sum((w * g).sum() for w, g in zip(built, grads, strict=True)), inputs)
+        for a, b in zip(got, reference, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_isolated_passes_time_each_path_and_the_embedding_against_plain_use():
+    model = _model()
+
+    def busy() -> list[torch.Tensor]:  # 20 ms of busy CPU (wall and CPU time alike) on top of the plain weights
+        start = time.perf_counter()
+        while time.perf_counter() - start < 0.02:
+            pass
+        return [v for v, _ in multiplied_weights(model)[0]]
+
+    r = isolated_passes(model, tokens(2, 8, 128), rounds=3, paths=("widthwise", "fused"), extra={"busy": busy},
+                        evict_mb=1)
+    assert set(r["median_ms"]) == {"widthwise", "fused", "leaf", "busy", "embedding", "embedding_leaf"}
+    assert set(r["ms_above_leaf"]) == {"widthwise", "fused", "busy", "embedding"}
+    assert r["ms_above_leaf"]["busy"] >= 15  # what a path adds is what is reported
+    assert all(v > 0 for v in r["median_ms"].values())
+    assert r["matrices"] == 14 and r["embedding_lookups"] == 16 and r["rounds"] == 3 and r["evict_mb"] == 1
+    assert r["weight_elements"] == sum(v.numel() for v, _ in multiplied_weights(model)[0])
+    assert all(p.grad is None for p in model.parameters())  # nothing left behind
+
+
+def test_isolated_passes_refuse_a_model_without_multipliers():
+    with pytest.raises(ValueError, match="LlamaForCausalLM has no matrix layer with learnable multipliers"):
+        isolated_passes(llama(64, layers=1), tokens(), rounds=1)
