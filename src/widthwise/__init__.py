@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 #: Each public name and the submodule that defines it.
 _EXPORTS = {
     "clip_grad_norm_": "clipping",
+    "clip_groups": "clipping",
     "TrainingDiagnostics": "diagnostics",
     "abm_trajectory": "diagnostics",
     "drift_warnings": "diagnostics",
@@ -67,6 +68,7 @@ __all__ = [
     "build_optimizer",
     "classify",
     "clip_grad_norm_",
+    "clip_groups",
     "drift_warnings",
     "equilibrium_report",
     "equilibrium_rms",
@@ -89,7 +91,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .clipping import clip_grad_norm_
+    from .clipping import clip_grad_norm_, clip_groups
     from .diagnostics import (
         TrainingDiagnostics,
         abm_trajectory,

@@ -104,3 +104,19 @@ def test_a_session_flushes_subnormals_unless_its_config_says_not(config):
         assert Session(config).runtime.subnormals_flushed >= 1 and subnormals_survive() == 0
     finally:
         flush_subnormals()  # as every session leaves this process
+
+
+def test_the_update_splits_the_parameters_for_the_clip_once(config):
+    session, reference = Session(config), Session(config)
+    assert session.built.clip_groups is None and session.built.multiplier_names  # tiny has multipliers
+    _losses(session, 1)
+    groups = session.built.clip_groups
+    assert groups.multipliers and len(groups.params) + len(groups.multipliers) == len(list(session.model.parameters()))
+
+    def no_walk(*args, **kwargs):
+        raise AssertionError("the model was walked")
+
+    model = session.model
+    model.modules = model.parameters = model.named_modules = no_walk  # later steps use the split made at the first
+    assert _losses(session, 2) == _losses(reference, 3)[1:]
+    assert session.built.clip_groups is groups

@@ -63,3 +63,32 @@ def test_include_multipliers_is_plain_torch_clipping_over_every_parameter():
         torch.testing.assert_close(pa.grad, pb.grad)
     with pytest.raises(ValueError, match="multiplier_max_norm must be None"):
         ww.clip_grad_norm_(a, 1.0, include_multipliers=True, multiplier_max_norm=1.0)
+
+
+def test_clip_groups_split_every_parameter_once_with_the_multipliers_apart():
+    model = llama(64)
+    ww.add_multipliers(model)
+    groups = ww.clip_groups(model)
+    assert groups.multipliers == ww.multiplier_parameters(model) and groups.multipliers
+    ids = [id(p) for p in groups.params + groups.multipliers]
+    assert len(ids) == len(set(ids)) and set(ids) == {id(p) for p in model.parameters()}
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"multiplier_max_norm": 1e-4}, {"include_multipliers": True}])
+def test_groups_made_once_clip_as_the_model_does_without_walking_it(kwargs):
+    a, b = llama(64), llama(64)
+    b.load_state_dict(a.state_dict())
+    for m in (a, b):
+        ww.add_multipliers(m)
+        _grads(m)
+    groups = ww.clip_groups(b)
+
+    def no_walk(*args, **kw):
+        raise AssertionError("the model was walked")
+
+    b.modules = b.parameters = b.named_modules = no_walk  # the split made once is all the clip may use
+    torch.testing.assert_close(ww.clip_grad_norm_(b, 1e-3, groups=groups, **kwargs),
+                               ww.clip_grad_norm_(a, 1e-3, **kwargs))
+    split = ww.clip_groups(a)
+    for pa, pb in zip(split.params + split.multipliers, groups.params + groups.multipliers, strict=True):
+        torch.testing.assert_close(pa.grad, pb.grad)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..clipping import clip_grad_norm_
+from ..clipping import ClipGroups, clip_grad_norm_, clip_groups
 from ..errors import ConfigError
 from ..forward import named_forward_multipliers
 from ..initialization import init_weights
@@ -173,6 +173,8 @@ class Built:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     multiplier_names: list[str]
+    #: The parameters split for clipping, made at the first update (after any sharding has replaced parameters)
+    clip_groups: ClipGroups | None = None
 
 
 def _add_multipliers(model: nn.Module, config: Config, init: Mapping[str, float] | float) -> list[str]:
@@ -314,9 +316,11 @@ def resolved_config(built: Built, extra: Mapping[str, Any]) -> dict[str, Any]:
 def apply_update(built: Built, config: Config) -> torch.Tensor | float:
     """After ``backward()``: clip (multipliers apart), optimizer and schedule step, zero the grads; the grad norm."""
     clip = config.optim.grad_clip
+    if built.clip_groups is None:  # one walk over the modules per run, not per step
+        built.clip_groups = clip_groups(built.model)
     norm = clip_grad_norm_(built.model, clip if clip is not None else math.inf,
                            multiplier_max_norm=config.multipliers.max_norm,
-                           include_multipliers=config.optim.clip_multipliers)
+                           include_multipliers=config.optim.clip_multipliers, groups=built.clip_groups)
     built.optimizer.step()
     built.scheduler.step()
     built.optimizer.zero_grad(set_to_none=True)
