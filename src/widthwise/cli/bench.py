@@ -27,7 +27,7 @@ def add_parser(sub: Subparsers) -> None:
     )
     p.add_argument("config", nargs="?", default="demo", help="base config, YAML or built-in name (default: demo)")
     p.add_argument("--out", type=Path, required=True, help="JSON file to write (a plot goes beside it)")
-    p.add_argument("--quick", action="store_true", help="eager fp32 at two small widths: about 2.5 minutes on 2 cores")
+    p.add_argument("--quick", action="store_true", help="eager fp32 at two small widths: about 3 minutes on 2 cores")
     p.add_argument("--widths", type=int_list, help="comma-separated widths")
     p.add_argument("--modes", type=name_list, help="comma-separated: eager_fp32, compile")
     for name, what in (("batch-size", "sequences per step"), ("seq-len", "tokens per sequence"),

@@ -1,7 +1,7 @@
 """``widthwise bench``: every performance figure of widthwise, measured side by side, written to one JSON file.
 
-``--quick`` (eager fp32, two small widths, few repetitions, the at-scale point at the smaller) takes about a
-minute on 2 quiet CPU cores; the full run (widths 256/512/1024, eager fp32 and compiled) is what BENCHMARKS.md reports.
+``--quick`` (eager fp32, two small widths, five repeats, the at-scale point at the smaller) takes about three
+minutes on 2 CPU cores; the full run (widths 256/512/1024, eager fp32 and compiled) is what BENCHMARKS.md reports.
 """
 
 from __future__ import annotations
