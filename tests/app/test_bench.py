@@ -58,7 +58,8 @@ def test_bench_quick_writes_every_figure_per_width(report, capsys):
     text = table(r)
     assert "at 64 tokens a step, width 32 eager_fp32: mult " in text
     assert "multipliers' share, width 64 eager_fp32: forward + backward " in text
-    assert text.count("; alone, caches cold: matrices ") == 3 and "% of the step" in text
+    assert text.count("; alone, caches cold: matrices ") == 3 and text.count(": own work ") == 3
+    assert "x the same model without them), update " in text
     assert scale["multiplier_own_work"] is not None and scale["multiplier_costs"]["isolated"]["rounds"] == 12
     assert "at scale: multiplier_train_overhead <= 1.01" in text
     for p in r["results"]:
@@ -67,12 +68,13 @@ def test_bench_quick_writes_every_figure_per_width(report, capsys):
         assert p["diagnostics_overhead"] > 1 and p["diagnostics_every"] == 50
         costs = p["multiplier_costs"]
         assert costs["forward_backward_ratio"]["reps"] == 10 and set(costs["update_s"]) == {"row_col", "none"}
-        assert set(costs["forward_backward_s"]) == {"multipliers", "folded"}
+        assert set(costs["forward_backward_s"]) == {"multipliers", "bypassed"}  # eager: the same model object
+        assert costs["forward_backward_against"] == "bypassed"
         assert isinstance(costs["forward_backward_ms"], float) and isinstance(costs["update_ms"], float)
         isolated = costs["isolated"]  # eager: the multipliers' passes alone, 3 rounds per round of the others
         assert isolated["matrices"] == 2 * 7 and isolated["rounds"] == 30 and isolated["embedding_lookups"] == 32
         assert set(isolated["ms_above_leaf"]) == {"widthwise", "embedding"}
-        own = isolated["ms_above_leaf"]["widthwise"] + isolated["ms_above_leaf"]["embedding"] + costs["update_ms"]
+        own = costs["forward_backward_ms"] + costs["update_ms"]
         assert p["multiplier_own_work"] == pytest.approx(own / (1e3 * p["step_s"]["row_col"]), abs=1e-5)
         assert p["power_iteration_speedup"] > 0 and 0 <= p["power_iteration_rel_error"] < 1e-3
         assert p["matrices"] == 2 * 7 + 2  # 2 blocks x 7 projections, the embedding and the head
@@ -102,6 +104,10 @@ def test_bench_full_plan_compiles_and_prints_the_table(data_cache, tmp_path, cap
     assert [p["mode"] for p in report["results"]] == ["eager_fp32", report["results"][1]["mode"]]
     assert report["results"][1]["mode"] in ("compile_fp32", "compile_bf16") and "compile on" in \
         report["results"][1]["runtime"]
+    compiled = report["results"][1]  # compiled: against the folded copy, no isolated passes, no own-work share
+    assert compiled["multiplier_costs"]["forward_backward_against"] == "folded"
+    assert compiled["multiplier_costs"]["isolated"] is None and compiled["multiplier_own_work"] is None
+    assert "x the folded model, same weights), update " in text
     assert "trainer/plain" in text and "targets: multiplier_train_overhead <= 1.02" in text and str(out) in text
     assert "at 32 tokens a step (the worst case)" in text and "at scale" not in text
     assert json.loads(out.read_text())["quick"] is False and not out.with_suffix(".png").exists()

@@ -9,7 +9,7 @@ import torch
 from tests.helpers import llama, tokens
 
 import widthwise as ww
-from widthwise.app.bench.passes import isolated_passes, matrix_paths, multiplied_weights
+from widthwise.app.bench.passes import bypassed, isolated_passes, matrix_paths, multiplied_weights
 
 
 def _model(dtype: torch.dtype = torch.float32):
@@ -74,3 +74,19 @@ def test_isolated_passes_time_each_path_and_the_embedding_against_plain_use():
 def test_isolated_passes_refuse_a_model_without_multipliers():
     with pytest.raises(ValueError, match="LlamaForCausalLM has no matrix layer with learnable multipliers"):
         isolated_passes(llama(64, layers=1), tokens(), rounds=1)
+
+
+def test_bypassed_runs_the_model_on_its_stored_weights_then_restores_it():
+    model = _model()
+    x = tokens(2, 8, 128)
+    before = model(x).logits
+    plain = llama(64, layers=2)  # the same stored weights, no multipliers: what the bypassed forward must compute
+    plain.load_state_dict({k.replace(".parametrizations.weight.original", ".weight"): v
+                           for k, v in model.state_dict().items() if ".parametrizations.weight.0." not in k})
+    with bypassed(model):
+        bypassed_out = model(x, labels=x)
+        bypassed_out.loss.backward()
+    torch.testing.assert_close(bypassed_out.logits, plain(x).logits)
+    assert all(p.grad is None for p in ww.multiplier_parameters(model))  # no multiplier pass ran
+    torch.testing.assert_close(model(x).logits, before, rtol=0, atol=0)  # restored: the multipliers apply again
+    assert not any("forward" in vars(m) for m in model.modules())

@@ -27,7 +27,7 @@ from ...parametrizations import Multipliers
 from ..config import DiagnosticsConfig
 from ..session import Session
 from ..setup import apply_update, build
-from .passes import isolated_passes
+from .passes import bypassed, isolated_passes
 from .peak import peak_flops
 from .sessions import PlainLoop, Setting, session, train_step
 from .timing import interleaved, load_average, median_s, ratio, timed
@@ -93,14 +93,15 @@ def folded_copy(run: Session) -> torch.nn.Module:
 def multiplier_costs(row_col: Session, none: Session, rounds: int) -> dict[str, Any]:
     """Where the multipliers' share of a training step goes, in milliseconds a step, each part side by side.
 
-    ``forward_backward``: the ``row_col`` model against its folded copy on one batch (the same weights, so the
-    same values: only the multipliers' passes differ, but the copy lies elsewhere in memory, which biases it);
-    ``update``: the ``row_col`` session's clip, optimizer step and zero-grad against the ``none`` session's (its
-    2 x blocks x 7 + 2 more, tiny, parameters); ``isolated`` (eager only): the multipliers' passes alone on the
-    model's own weights, caches cold (:func:`~widthwise.app.bench.passes.isolated_passes`).
+    ``forward_backward``: the ``row_col`` model's forward + backward on one batch against the same model object
+    with the multipliers' passes bypassed (:func:`~widthwise.app.bench.passes.bypassed`: the same tensors in the
+    same memory, so no placement bias), or under ``torch.compile`` (which would recompile for the bypass) against
+    its folded copy (the same weights elsewhere in memory); ``update``: the ``row_col`` session's clip, optimizer
+    step and zero-grad against the ``none`` session's (its 2 x blocks x 7 + 2 more, tiny, parameters);
+    ``isolated`` (eager only): the multipliers' passes alone on the model's own weights, caches cold
+    (:func:`~widthwise.app.bench.passes.isolated_passes`).
     """
     device = row_col.runtime.device
-    folded = folded_copy(row_col)
     x, y = (t.to(device) for t in row_col.sampler.next_batch())
     compiled = row_col.runtime.compile
 
@@ -114,8 +115,15 @@ def multiplier_costs(row_col: Session, none: Session, rounds: int) -> dict[str, 
             model.zero_grad(set_to_none=True)
         return run
 
-    passes = interleaved({"multipliers": forward_backward(row_col.model), "folded": forward_backward(folded)},
-                         rounds, warmup=2, device=device)
+    with_them = forward_backward(row_col.model)
+    if compiled:
+        without, against = forward_backward(folded_copy(row_col)), "folded"
+    else:
+        def without() -> None:
+            with bypassed(row_col.model):
+                with_them()
+        against = "bypassed"
+    passes = interleaved({"multipliers": with_them, against: without}, rounds, warmup=2, device=device)
     update: dict[str, list[float]] = {"row_col": [], "none": []}
     for i in range(rounds + 1):
         for name, run in (("row_col", row_col), ("none", none))[:: 1 if i % 2 else -1]:
@@ -129,8 +137,9 @@ def multiplier_costs(row_col: Session, none: Session, rounds: int) -> dict[str, 
     return {
         "isolated": isolated,
         "forward_backward_ms": round(1e3 * (statistics.median(passes["multipliers"])
-                                            - statistics.median(passes["folded"])), 3),
-        "forward_backward_ratio": ratio(passes["multipliers"], passes["folded"]),
+                                            - statistics.median(passes[against])), 3),
+        "forward_backward_ratio": ratio(passes["multipliers"], passes[against]),
+        "forward_backward_against": against,
         "update_ms": round(1e3 * (statistics.median(update["row_col"]) - statistics.median(update["none"])), 3),
         "update_s": {name: median_s(t) for name, t in update.items()},
         "forward_backward_s": {name: median_s(t) for name, t in passes.items()},
@@ -142,13 +151,12 @@ ISOLATED_ROUNDS = 3
 
 
 def own_work_share(costs: dict[str, Any], step_s: float) -> float | None:
-    """The multipliers' own work as a share of a ``row_col`` step: their isolated passes (matrices and embedding)
-    plus their update, over the step's median time; ``None`` where the passes were not isolated (compiled)."""
-    isolated = costs["isolated"]
-    if isolated is None:
+    """The multipliers' own work as a share of a ``row_col`` step: their forward + backward in place (against the
+    same model with them bypassed) plus their update, over the step's median time; ``None`` under compile (there
+    the forward + backward is against a folded copy, which carries a placement bias)."""
+    if costs["forward_backward_against"] != "bypassed":
         return None
-    ms = isolated["ms_above_leaf"]["widthwise"] + isolated["ms_above_leaf"].get("embedding", 0.0) + costs["update_ms"]
-    return round(ms / (1e3 * step_s), 5)
+    return round((costs["forward_backward_ms"] + costs["update_ms"]) / (1e3 * step_s), 5)
 
 
 def inference(row_col: Session, none: Session, reps: int) -> dict[str, Any]:

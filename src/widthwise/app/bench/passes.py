@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import random
 import statistics
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import torch
@@ -47,6 +49,33 @@ def multiplied_weights(model: nn.Module) -> tuple[list[Matrix], Matrix | None]:
             else:
                 matrices.append((plist.original, mult))
     return matrices, embedding
+
+
+@contextmanager
+def bypassed(model: nn.Module) -> Iterator[None]:
+    """``model`` without its learnable multipliers' passes, for timing only: every :class:`Multipliers` hands back
+    ``V`` itself and an embedding looks ``V`` up (through any other parametrization of it), so the forward and
+    backward run the same matrix products on the same tensors, without the multipliers' element-wise work. The
+    outputs differ (the multipliers are not applied); the model is restored on leaving."""
+    patched: list[nn.Module] = []
+    try:
+        for module in model.modules():
+            if isinstance(module, Multipliers):
+                module.forward = _identity
+                patched.append(module)
+            elif isinstance(module, nn.Embedding) and any(
+                    isinstance(p, Multipliers) for plist in getattr(module, "parametrizations", {}).values()
+                    for p in plist):
+                module.forward = partial(nn.Embedding.forward, module)
+                patched.append(module)
+        yield
+    finally:
+        for module in patched:
+            del module.forward
+
+
+def _identity(weight: torch.Tensor) -> torch.Tensor:
+    return weight
 
 
 def matrix_paths(matrices: list[Matrix]) -> dict[str, Callable[[], list[torch.Tensor]]]:
