@@ -16,10 +16,10 @@ def add_parser(sub: Subparsers) -> None:
                     "and AdamW, against a plain PyTorch loop; folded vs plain inference; power iteration vs SVD; "
                     "the diagnostics' share; tokens/s, MFU and the data loader's share. Every figure is a ratio "
                     "of interleaved repetitions in one process (medians, load average recorded), each step ratio "
-                    "beside an A/A control (two identical sessions) that shows the machine's noise. In eager mode "
-                    "the multipliers' own passes are also timed alone, on the model's own weights with the caches "
-                    "emptied, and reported with their update as a share of the step (a figure the machine's noise "
-                    "moves far less than a step ratio).",
+                    "beside an A/A control (two identical sessions) that shows the machine's noise. The "
+                    "multipliers' own work is also timed: their forward + backward against the same model with "
+                    "their passes bypassed, their update, and (eager) their passes alone on the model's weights "
+                    "with the caches emptied.",
         epilog="quick: eager fp32 at two small widths, few repetitions; full: widths 256, 512, 1024, eager fp32 and "
                "compiled (what BENCHMARKS.md reports). Every point runs 1,024 tokens a step (the worst case); the "
                "multiplier and trainer ratios are also measured at --scale-tokens (quick: at the smaller width "

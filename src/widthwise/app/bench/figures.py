@@ -94,12 +94,12 @@ def multiplier_costs(row_col: Session, none: Session, rounds: int) -> dict[str, 
     """Where the multipliers' share of a training step goes, in milliseconds a step, each part side by side.
 
     ``forward_backward``: the ``row_col`` model's forward + backward on one batch against the same model object
-    with the multipliers' passes bypassed (:func:`~widthwise.app.bench.passes.bypassed`: the same tensors in the
-    same memory, so no placement bias), or under ``torch.compile`` (which would recompile for the bypass) against
-    its folded copy (the same weights elsewhere in memory); ``update``: the ``row_col`` session's clip, optimizer
-    step and zero-grad against the ``none`` session's (its 2 x blocks x 7 + 2 more, tiny, parameters);
-    ``isolated`` (eager only): the multipliers' passes alone on the model's own weights, caches cold
-    (:func:`~widthwise.app.bench.passes.isolated_passes`).
+    with the multipliers' passes bypassed (:func:`~widthwise.app.bench.passes.bypassed`: the same parameters in the
+    same memory; the activations, allocated afresh at every call, still land at varying addresses), or under
+    ``torch.compile`` (which would recompile for the bypass) against its folded copy (the same weights elsewhere
+    in memory); ``update``: the ``row_col`` session's clip, optimizer step and zero-grad against the ``none``
+    session's (its 2 x blocks x 7 + 2 more, tiny, parameters); ``isolated`` (eager only): the multipliers' passes
+    alone on the model's own weights, caches cold (:func:`~widthwise.app.bench.passes.isolated_passes`).
     """
     device = row_col.runtime.device
     x, y = (t.to(device) for t in row_col.sampler.next_batch())
