@@ -48,6 +48,10 @@ def plot_bench(report: dict[str, Any], path: Path) -> Path:
         if len(control) == len(rows):  # the A/A control: the noise floor the step ratios are read against
             overhead.errorbar(widths, control, yerr=_spread(rows, "control_ratio"), fmt=style, marker="d",
                               color="grey", capsize=3, label=f"A/A control (noise), {mode}")
+        own = [r.get("multiplier_own_work") for r in rows]
+        if all(v is not None for v in own):  # 1 + the multipliers' own work: what their step ratio is made of
+            overhead.plot(widths, [1 + v for v in own], style, marker="*", color=colors[0], alpha=0.6,
+                          label=f"1 + multipliers' own work, {mode}")
         muon.plot(widths, [_ratio(r["muon_vs_adamw"]) for r in rows], style, marker="^", color=colors[2],
                   label=f"Muon / AdamW step, {mode}")
     for k, key in enumerate(OVERHEADS):
