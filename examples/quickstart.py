@@ -30,10 +30,11 @@ sched = ww.lr_schedule(opt, warmup=10, total=100, kind="cosine")     # relative:
 print(plan.table(lr=3e-3, weight_decay=0.1))
 
 x = torch.randint(0, 1024, (4, 64))
+groups = ww.clip_groups(model)                                 # the multipliers apart, found once, not every step
 for _step in range(3):
     loss = model(input_ids=x, labels=x).loss
     loss.backward()
-    ww.clip_grad_norm_(model, 1.0)                             # the multipliers stay out of the norm
+    ww.clip_grad_norm_(model, 1.0, groups=groups)              # the multipliers stay out of the norm
     opt.step()
     sched.step()
     opt.zero_grad()

@@ -228,7 +228,8 @@ AGAINST = {"bypassed": "the same model without them", "folded": "the folded mode
 
 
 def _own_work(point: dict[str, Any]) -> str:
-    """``: own work 5.8% of the step; alone, caches cold: matrices +2.39 ms, embedding +0.51 ms`` (eager points)."""
+    """``: own work S% of the step; alone, caches cold: matrices +M ms, embedding +E ms`` (eager points; under
+    compile neither part is measured)."""
     share = point["multiplier_own_work"]
     own = "" if share is None else f": own work {100 * share:.1f}% of the step"
     isolated = point["multiplier_costs"]["isolated"]
