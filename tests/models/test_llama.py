@@ -208,7 +208,8 @@ def test_head_embedding_and_attention_multipliers_act_as_documented():
             return m(x)
 
     base_logits = variant()
-    torch.testing.assert_close(variant(head_multiplier=3.0), 3.0 * base_logits, atol=0, rtol=1e-6)
+    # (applied to the head's input: equal up to the rounding of a product taken before the matmul's sum)
+    torch.testing.assert_close(variant(head_multiplier=3.0), 3.0 * base_logits, atol=1e-5, rtol=1e-5)
     assert torch.equal(variant(attention_scale=1 / math.sqrt(16)), base_logits)
     assert not torch.allclose(variant(attention_scale=1 / 16), base_logits, atol=1e-3)
 
@@ -225,6 +226,37 @@ def test_head_embedding_and_attention_multipliers_act_as_documented():
     equals_scaled_weights({"attention_scale": 0.05}, "q_proj.weight", 0.05 * math.sqrt(16), 1e-5)
     # embedding multiplier c == an embedding table multiplied by c
     equals_scaled_weights({"embedding_multiplier": 2.5}, "embed.weight", 2.5, 1e-6)
+
+
+class _VocabWideOps(torch.utils._python_dispatch.TorchDispatchMode):
+    """The aten ops that write a tensor as large as the logits (``numel``)."""
+
+    def __init__(self, numel: int) -> None:
+        super().__init__()
+        self.numel, self.ops = numel, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if isinstance(out, torch.Tensor) and out.numel() == self.numel:
+            self.ops.append(func.overloadpacket.__name__)
+        return out
+
+
+def test_the_head_multiplier_costs_no_pass_over_the_logits():
+    x = ids()
+    m = model(head_multiplier=0.3)
+    randomize(m)
+    numel = x.numel() * VOCAB
+    with _VocabWideOps(numel) as seen:
+        m(x)
+    assert [op for op in seen.ops if op not in ("view", "_unsafe_view")] == ["mm"]  # the head's matmul alone
+    with _VocabWideOps(numel) as seen:
+        m(x, x).backward()
+    assert "mul" not in seen.ops
+    plain = model().double()
+    plain.load_state_dict(m.state_dict())
+    with torch.no_grad():  # the same function: in float64 equal to rounding
+        torch.testing.assert_close(m.double()(x), 0.3 * plain(x), atol=1e-12, rtol=1e-12)
 
 
 @pytest.mark.parametrize(

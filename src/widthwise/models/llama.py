@@ -4,7 +4,9 @@ Numerically the same function as Hugging Face's ``LlamaForCausalLM`` (rotate-hal
 blocks, no biases), with three named forward multipliers in the spirit of Falcon-H1's:
 
 - ``embedding_multiplier``: ``h0 = embed(idx) * embedding_multiplier``;
-- ``head_multiplier``: ``logits = head(norm(h)) * head_multiplier`` (muP's ``1/m`` lives here);
+- ``head_multiplier``: ``logits = head(norm(h)) * head_multiplier`` (muP's ``1/m`` lives here), computed as
+  ``head(norm(h) * head_multiplier)``: the head is linear and bias-free, and its input is ``vocab / width``
+  times smaller than the logits;
 - ``attention_scale``: the scale of ``q.k`` inside softmax (``None`` is ``1/sqrt(head_dim)``).
 
 :func:`widthwise.forward.named_forward_multipliers` computes them from a recipe, so a trainer plans with
@@ -206,9 +208,10 @@ class Llama(nn.Module):
         cos, sin = rope_tables(t, cfg.head_dim, cfg.rope_theta, idx.device)
         for block in self.blocks:
             h = block(h, cos, sin)
-        logits = self.head(self.norm(h))
-        if cfg.head_multiplier != 1.0:
-            logits = logits * cfg.head_multiplier
+        h = self.norm(h)
+        if cfg.head_multiplier != 1.0:  # on the head's input (width wide), not its logits (vocab wide): same product
+            h = h * cfg.head_multiplier
+        logits = self.head(h)
         if targets is None:
             return logits
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
