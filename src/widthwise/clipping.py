@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from .multipliers import multiplier_parameters
+from .roles import unwrap
 
 
 @dataclass(frozen=True)
 class ClipGroups:
-    """A model's parameters split for clipping: the multipliers apart from everything else (each a list)."""
+    """A model's parameters split for clipping: the multipliers apart from everything else (each a list).
+
+    ``source`` is a weak reference to the (unwrapped) model the split was made from, so that a split passed
+    with another model is refused rather than clipping the wrong parameters; ``None`` for a split made by hand.
+    """
 
     params: list[nn.Parameter]
     multipliers: list[nn.Parameter]
+    source: weakref.ReferenceType[nn.Module] | None = field(default=None, repr=False, compare=False)
+
+    def made_from(self, model: nn.Module) -> bool:
+        """Whether this split was made from ``model`` (wrappers looked through), or by hand (no ``source``)."""
+        return self.source is None or self.source() is unwrap(model)
 
 
 def clip_groups(model: nn.Module) -> ClipGroups:
@@ -26,7 +37,8 @@ def clip_groups(model: nn.Module) -> ClipGroups:
     """
     multipliers = multiplier_parameters(model)
     excluded = {id(p) for p in multipliers}
-    return ClipGroups([p for p in model.parameters() if id(p) not in excluded], multipliers)
+    return ClipGroups([p for p in model.parameters() if id(p) not in excluded], multipliers,
+                      weakref.ref(unwrap(model)))
 
 
 def clip_grad_norm_(
@@ -48,12 +60,17 @@ def clip_grad_norm_(
     left untouched, unless ``multiplier_max_norm`` is given, in which case they are clipped as a separate
     group to that norm. ``include_multipliers=True`` is plain ``torch.nn.utils.clip_grad_norm_`` over every
     parameter, the setting the paper warns against (for ablations; ``multiplier_max_norm`` must then be ``None``).
-    ``groups``: ``model``'s split from :func:`clip_groups`, computed once instead of at every call.
+    ``groups``: ``model``'s split from :func:`clip_groups`, computed once instead of at every call; a split
+    made from another model raises ``ValueError``.
     """
     if include_multipliers and multiplier_max_norm is not None:
         raise ValueError("include_multipliers=True clips the multipliers with everything else: "
                          "multiplier_max_norm must be None")
-    groups = groups if groups is not None else clip_groups(model)
+    if groups is None:
+        groups = clip_groups(model)
+    elif not groups.made_from(model):
+        raise ValueError(f"clip_grad_norm_: groups= was split from another model than this "
+                         f"{type(unwrap(model)).__name__}; make it with clip_groups(model) for this model")
     params = [p for p in groups.params if p.grad is not None]
     multipliers = [p for p in groups.multipliers if p.grad is not None]
     if include_multipliers:

@@ -82,3 +82,15 @@ def test_trainers_own_clip_is_refused(tmp_path):
     with pytest.raises(ValueError, match="max_grad_norm=1.0: set it to 0"):
         trainer.train()
     assert isinstance(kit["callbacks"][0], WidthwiseClip)
+
+
+def test_the_clip_callback_splits_each_model_it_is_given(tmp_path):
+    a, _ = prepared(0)
+    b, _ = prepared(1)
+    clip, x = WidthwiseClip(max_norm=1e9), batch()
+    for model in (a, b, a):
+        model.zero_grad()
+        model(input_ids=x, labels=x).loss.backward()
+        clip.on_pre_optimizer_step(args(tmp_path), None, None, model=model)
+        assert clip.norms[-1] == pytest.approx(float(ww.clip_grad_norm_(model, 1e9)), rel=1e-6)
+    assert clip.norms[0] == pytest.approx(clip.norms[2]) and clip.norms[0] != pytest.approx(clip.norms[1])

@@ -1,9 +1,12 @@
 """Clipping leaves the multipliers out of the norm (arXiv 2601.04890, section 4.3)."""
 
+import gc
+
 import pytest
 import torch
 
 import widthwise as ww
+from widthwise.clipping import ClipGroups
 
 from helpers import llama, tokens
 
@@ -92,3 +95,21 @@ def test_groups_made_once_clip_as_the_model_does_without_walking_it(kwargs):
     split = ww.clip_groups(a)
     for pa, pb in zip(split.params + split.multipliers, groups.params + groups.multipliers, strict=True):
         torch.testing.assert_close(pa.grad, pb.grad)
+
+
+def test_a_split_clips_only_the_model_it_was_made_from():
+    a, b = llama(64), llama(64)
+    for m in (a, b):
+        ww.add_multipliers(m)
+        _grads(m)
+    groups = ww.clip_groups(a)
+    before = [p.grad.clone() for p in b.parameters()]
+    with pytest.raises(ValueError, match="groups= was split from another model than this Llama"):
+        ww.clip_grad_norm_(b, 1e-3, groups=groups)
+    assert all(torch.equal(p.grad, g) for p, g in zip(b.parameters(), before, strict=True))  # nothing clipped
+    wrapped = torch.compile(a)  # a wrapper (not compiled until called) is the same model
+    torch.testing.assert_close(ww.clip_grad_norm_(wrapped, 1e9, groups=groups), ww.clip_grad_norm_(a, 1e9))
+    assert ClipGroups(groups.params, groups.multipliers).made_from(b)  # made by hand: the caller's word is taken
+    del a, wrapped
+    gc.collect()
+    assert not groups.made_from(b)  # the model it came from is gone: nothing else takes its place

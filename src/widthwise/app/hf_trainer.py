@@ -37,7 +37,7 @@ class WidthwiseClip(TrainerCallback):
         self.max_norm = math.inf if max_norm is None else float(max_norm)
         self.multiplier_max_norm = multiplier_max_norm
         self.norms: list[float] = []
-        self._groups: tuple[int, ClipGroups] | None = None  # the model's split, made at its first step
+        self._groups: ClipGroups | None = None  # the model's split, made at its first step (again if it changes)
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if args.max_grad_norm and args.max_grad_norm > 0:
@@ -46,10 +46,10 @@ class WidthwiseClip(TrainerCallback):
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, model: nn.Module | None = None,
                               **kwargs: Any) -> None:
-        if self._groups is None or self._groups[0] != id(model):
-            self._groups = (id(model), clip_groups(model))
+        if self._groups is None or not self._groups.made_from(model):
+            self._groups = clip_groups(model)
         norm = clip_grad_norm_(model, self.max_norm, multiplier_max_norm=self.multiplier_max_norm,
-                               groups=self._groups[1])
+                               groups=self._groups)
         self.norms.append(float(norm))
 
 
