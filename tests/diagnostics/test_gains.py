@@ -235,3 +235,72 @@ def test_layers_reading_one_input_reduce_it_once_with_the_same_gains(tiny, monke
     layers = len(after)
     blocks = len(tiny.blocks)
     assert len(calls) == 2 * layers - blocks * (2 + 1)
+
+
+def test_a_long_sum_of_squares_is_summed_in_chunks_as_exactly(monkeypatch):
+    from widthwise.diagnostics import gains as module
+
+    x = torch.randn(3, 1000, generator=torch.Generator().manual_seed(0)) * 1e3
+    exact = x.double().square().sum().item()
+    whole = module._sum_squares(x)
+    monkeypatch.setattr(module, "DOT_CHUNK", 128)  # 24 chunks, the last a short one
+    chunked = module._sum_squares(x)
+    assert whole.dtype == chunked.dtype == torch.float32
+    assert whole.item() == pytest.approx(exact, rel=1e-6) and chunked.item() == pytest.approx(exact, rel=1e-6)
+    assert module._sum_squares(x.T).item() == pytest.approx(exact, rel=1e-6)  # a non-contiguous view
+
+
+def test_a_linear_layers_output_squares_from_its_input_and_weight_alone():
+    from widthwise.diagnostics.gains import _linear_output_squares
+
+    g = torch.Generator().manual_seed(0)
+    for bias in (False, True):
+        layer = nn.Linear(5, 7, bias=bias)
+        with torch.no_grad():
+            for p in layer.parameters():
+                p.copy_(torch.randn(p.shape, generator=g))
+        x = torch.randn(2, 3, 5, generator=g)
+        direct = F.linear(x.double(), layer.weight.double(), None if not bias else layer.bias.double())
+        assert _linear_output_squares(layer, x).item() == pytest.approx(direct.square().sum().item(), rel=1e-5)
+
+
+class _Called:
+    """Counts the forward calls of a module (a forward hook, so a call stopped before its forward is not one)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.count = 0
+        self.handle = module.register_forward_hook(lambda *args: setattr(self, "count", self.count + 1))
+
+
+def test_stopping_at_the_head_gives_the_same_gains_without_the_logits(tiny):
+    idx = tokens(4, 16, 300)  # 64 tokens: d (n + V) = 32 x 364 < n V = 64 x 300, the head's Gram is the cheaper
+    order: list[str] = []
+    full = sublayer_gains(tiny, idx, order=order)
+    assert order[-1] == "head" and order.count("head") == 1
+    head = _Called(tiny.head)
+    try:
+        stopped = sublayer_gains(tiny, idx, stop_at="head")
+        assert head.count == 0  # the head's matmul never ran
+        assert stopped.keys() == full.keys()
+        assert stopped == pytest.approx(full, rel=1e-5)
+        few = tokens(1, 4, 300)  # 4 tokens: the logits are the cheaper, the head runs as usual, exactly as before
+        assert sublayer_gains(tiny, few, stop_at="head") == sublayer_gains(tiny, few) and head.count == 2
+    finally:
+        head.handle.remove()
+    assert no_hooks(tiny) and not any(m._forward_pre_hooks for m in tiny.modules())
+    with pytest.raises(ValueError, match="stop_at='embed' is not a measured module"):
+        sublayer_gains(tiny, idx, stop_at="embed")
+
+
+def test_hf_llama_stops_at_its_lm_head_with_the_same_gains():
+    model = llama()
+    ids = tokens(8, 32)  # 256 tokens: d (n + V) = 64 x 384 < n V = 256 x 128
+    order: list[str] = []
+    full = sublayer_gains(model, ids, order=order)
+    assert order[-1] == "lm_head"
+    head = _Called(model.lm_head)
+    try:
+        assert sublayer_gains(model, {"input_ids": ids}, stop_at="lm_head") == pytest.approx(full, rel=1e-5)
+    finally:
+        head.handle.remove()
+    assert head.count == 0

@@ -114,3 +114,25 @@ def test_a_measurement_classifies_nothing_and_builds_each_effective_weight_once(
         assert entry["sigma_max_stored"] == pytest.approx(sigmas[name], rel=1e-3)
         assert entry["sigma_max"] != pytest.approx(entry["sigma_max_stored"], rel=1e-3)
 
+
+
+def test_gains_after_the_first_measurement_stop_at_the_head_with_the_same_values():
+    from widthwise.diagnostics.gains import gain_summary, sublayer_gains
+
+    built = _built()
+    batch = torch.randint(0, 300, (4, 16), generator=torch.Generator().manual_seed(0))
+    monitor = TrainingDiagnostics(built.model, built.optimizer, batch)
+    assert monitor.gains_stop_at == ""
+    first, _, _ = monitor.measure(1)
+    assert monitor.gains_stop_at == "head"  # found called last, once, an nn.Linear
+    calls = []
+    handle = built.model.head.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        second, _, _ = monitor.measure(2)
+    finally:
+        handle.remove()
+    assert not calls  # the second measurement stopped before the head's matmul
+    assert second["gains"] == pytest.approx(first["gains"], rel=1e-5)  # nothing trained in between
+    assert second["gains"] == pytest.approx(gain_summary(sublayer_gains(built.model, batch)), rel=1e-5)
+    head = second["matrices"]["head.weight"]["sublayer_gain"]
+    assert head == pytest.approx(first["matrices"]["head.weight"]["sublayer_gain"], rel=1e-5)

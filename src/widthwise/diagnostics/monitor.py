@@ -2,7 +2,8 @@
 
 Cheap enough to run inside a training loop (the cost is measured by ``widthwise bench``
 and stored in each run's ``summary.json``): power iteration warm-started from the previous call, one forward
-pass over a few fixed sequences for the sublayer gains, and reductions over the weights.
+pass over a few fixed sequences for the sublayer gains (from the second call on stopped before the head where its
+gain is cheaper from its input and weight than from the logits), and reductions over the weights.
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ class TrainingDiagnostics:
         #: Matrices whose applied weight is not the stored one (learnable multipliers, fixed scales).
         self.parametrized = [n for n, s in self.sites.items() if parametrize.is_parametrized(s.module, s.tensor_name)]
         self.gain_modules = gain_modules(model) if batch is not None else {}
+        #: The measured layer that the first measurement found called last (a head), if an ``nn.Linear``: later
+        #: gains stop the forward there (``sublayer_gains(stop_at=...)``); ``""`` until that first measurement.
+        self.gains_stop_at: str | None = ""
         self.matrix_modules = {s.module_name for s in self.sites.values()}
         self.multipliers = multiplier_groups(model)
         self.symmetry = SymmetryMonitor(model)
@@ -93,7 +97,7 @@ class TrainingDiagnostics:
             matrices[name]["rms"] = value
         record: dict[str, Any] = {"step": step, "matrices": matrices}
         if self.batch is not None:
-            gains = sublayer_gains(self.model, self.batch, modules=self.gain_modules)
+            gains = self._gains()
             for name, site in self.sites.items():
                 if site.module_name in gains:
                     matrices[name]["sublayer_gain"] = gains[site.module_name]
@@ -110,6 +114,16 @@ class TrainingDiagnostics:
         self.warned.update(fresh)
         new = drift_warnings(fresh, self.drift_threshold) if fresh else []
         return record, self.scalars(record), new
+
+    def _gains(self) -> dict[str, float]:
+        if self.gains_stop_at != "":
+            return sublayer_gains(self.model, self.batch, modules=self.gain_modules, stop_at=self.gains_stop_at)
+        order: list[str] = []
+        gains = sublayer_gains(self.model, self.batch, modules=self.gain_modules, order=order)
+        last = order[-1] if order else None
+        fits = last is not None and order.count(last) == 1 and type(self.gain_modules[last]) is nn.Linear
+        self.gains_stop_at = last if fits else None
+        return gains
 
     @staticmethod
     def scalars(record: dict[str, Any]) -> dict[str, dict[str, float]]:
