@@ -18,6 +18,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "ExportError",
+    "ForwardStopped",
     "RunError",
     "SweepError",
     "WidthwiseError",
@@ -34,6 +35,12 @@ EXIT_DIVERGED = 3
 EXIT_BUSY = 75
 #: Stopped by SIGINT/SIGTERM after writing a checkpoint (``128 + SIGINT``).
 EXIT_INTERRUPTED = 130
+
+
+class ForwardStopped(BaseException):
+    """Not an error: a hook's signal that a forward pass has given all it was run for (the sublayer gains stop
+    before the head), caught by whoever registered the hook. A ``BaseException``, so that a model's own
+    ``except Exception`` does not swallow it."""
 
 
 class WidthwiseError(ValueError):

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import ForwardStopped
 from ..roles import HEAD_MODULE_NAMES, Role, classify, parameter_sites, unwrap
 from .naming import pool_by_layer_type
 
@@ -85,10 +86,6 @@ def _sum_squares(x: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.dot(c, c) for c in flat.split(DOT_CHUNK)]).sum(dtype=torch.float64).float()
 
 
-class _StopForward(Exception):
-    """Raised by the last measured layer's pre-hook once it has its input: nothing measured runs after it."""
-
-
 def _linear_output_squares(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """``sum_t ||W x_t + b||^2`` over the rows ``x_t`` of ``x``, without forming the outputs (our derivation):
 
@@ -154,7 +151,7 @@ def _measure(model: nn.Module, modules: Mapping[str, nn.Module], batch: Any, sto
             records[stop_at].append((input_squares(x), x.numel(), _linear_output_squares(module, x), outputs))
             if order is not None:
                 order.append(stop_at)
-            raise _StopForward
+            raise ForwardStopped
 
     modes = {m: m.training for m in model.modules()}
     handles = []
@@ -164,7 +161,7 @@ def _measure(model: nn.Module, modules: Mapping[str, nn.Module], batch: Any, sto
         if stop_at is not None:
             handles.append(modules[stop_at].register_forward_pre_hook(stop_before, with_kwargs=True))
         model.eval()
-        with torch.no_grad(), contextlib.suppress(_StopForward):
+        with torch.no_grad(), contextlib.suppress(ForwardStopped):
             _call(model, batch)
     finally:
         last.clear()
