@@ -46,3 +46,12 @@ def test_multiplier_floor_benchmark_reports_each_path(data_cache, capsys):
 @pytest.mark.slow
 def test_multiplier_floor_benchmark_compiles_the_floor(data_cache):
     _check_floor(load("multiplier_floor").main(FLOOR), {"widthwise", "products", "fused", "compiled"})
+
+
+def test_gains_forward_benchmark_times_the_stop_before_the_head(data_cache, capsys):
+    result = load("gains_forward").main(["--config", "tiny", "--width", "32", "--seq", "16", "--sequences", "4",
+                                         "--steps", "1", "--rounds", "2", "--threads", "1",
+                                         "--set", "scaling.base_width=32"])
+    assert set(result["median_ms"]) == {"plain", "full", "stopped"} and all(result["median_ms"].values())
+    assert result["head"] == "head" and result["tokens"] == 64 and result["max_rel_difference"] < 1e-5
+    assert '"max_rel_difference"' in capsys.readouterr().out
