@@ -55,3 +55,26 @@ def test_gains_forward_benchmark_times_the_stop_before_the_head(data_cache, caps
     assert set(result["median_ms"]) == {"plain", "full", "stopped"} and all(result["median_ms"].values())
     assert result["head"] == "head" and result["tokens"] == 64 and result["max_rel_difference"] < 1e-5
     assert '"max_rel_difference"' in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_the_gpu_check_script_runs_its_bench_and_writes_what_comes_back(data_cache, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "DEVICE": "cpu", "MODES": "eager_fp32",
+           "WIDTHS": "32", "BATCH": "2", "SEQ": "16", "REPS": "2", "ROUNDS": "1"}
+    done = subprocess.run(["bash", str(BENCHMARKS / "gpu_check.sh"), "tiny", "--threads", "1", "--set",
+                           "model.kv_heads=2", "--set", "scaling.base_width=32"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads((tmp_path / "bench_gpu.json").read_text())
+    assert [r["width"] for r in report["results"]] == [32] and report["plan"]["repeats"] == 1
+    assert report["plan"]["seq_len"] == 16 and report["muon_optimizer"]
+    assert "torch" in (tmp_path / "env.txt").read_text() and (tmp_path / "bench_gpu.png").stat().st_size
+    assert "results:" in (tmp_path / "log.txt").read_text()
+    failed = subprocess.run(["bash", str(BENCHMARKS / "gpu_check.sh"), "tiny"], env={**env, "WIDTHS": "0"},
+                            capture_output=True, text=True, timeout=120)
+    assert failed.returncode == 2  # the bench's exit code comes through the pipe to tee
