@@ -262,6 +262,8 @@ def test_a_linear_layers_output_squares_from_its_input_and_weight_alone():
         x = torch.randn(2, 3, 5, generator=g)
         direct = F.linear(x.double(), layer.weight.double(), None if not bias else layer.bias.double())
         assert _linear_output_squares(layer, x).item() == pytest.approx(direct.square().sum().item(), rel=1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # a caller's autocast does not round it to bf16
+            assert _linear_output_squares(layer, x).item() == pytest.approx(direct.square().sum().item(), rel=1e-5)
 
 
 class _Called:

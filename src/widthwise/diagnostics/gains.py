@@ -89,15 +89,16 @@ def _sum_squares(x: torch.Tensor) -> torch.Tensor:
 def _linear_output_squares(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """``sum_t ||W x_t + b||^2`` over the rows ``x_t`` of ``x``, without forming the outputs (our derivation):
 
-    ``<X^T X, W^T W> + 2 b^T W (sum_t x_t) + n ||b||^2``, in float32. For a head, ``X^T X`` and ``W^T W`` cost
-    ``d^2 (n + V)`` multiply-adds against ``n d V`` for the logits (:func:`_gram_is_cheaper`).
+    ``<X^T X, W^T W> + 2 b^T W (sum_t x_t) + n ||b||^2``, in float32 (autocast off). For a head, ``X^T X`` and
+    ``W^T W`` cost ``d^2 (n + V)`` multiply-adds against ``n d V`` for the logits (:func:`_gram_is_cheaper`).
     """
-    x = x.detach().reshape(-1, x.shape[-1]).float()
-    w = layer.weight.detach().float()
-    total = ((x.T @ x) * (w.T @ w)).sum()
-    if layer.bias is not None:
-        b = layer.bias.detach().float()
-        total = total + 2 * (b @ (w @ x.sum(0))) + x.shape[0] * (b @ b)
+    with torch.autocast(x.device.type, enabled=False):
+        x = x.detach().reshape(-1, x.shape[-1]).float()
+        w = layer.weight.detach().float()
+        total = ((x.T @ x) * (w.T @ w)).sum()
+        if layer.bias is not None:
+            b = layer.bias.detach().float()
+            total = total + 2 * (b @ (w @ x.sum(0))) + x.shape[0] * (b @ b)
     return total
 
 
