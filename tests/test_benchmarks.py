@@ -78,3 +78,13 @@ def test_the_gpu_check_script_runs_its_bench_and_writes_what_comes_back(data_cac
     failed = subprocess.run(["bash", str(BENCHMARKS / "gpu_check.sh"), "tiny"], env={**env, "WIDTHS": "0"},
                             capture_output=True, text=True, timeout=120)
     assert failed.returncode == 2  # the bench's exit code comes through the pipe to tee
+
+
+def test_merged_update_benchmark_moves_the_parameters_as_todays_path_does(data_cache, capsys):
+    result = load("merged_update").main(["--config", "tiny", "--width", "32", "--rounds", "2", "--evict-mb", "1",
+                                         "--threads", "1", "--no-compile", "--set", "model.kv_heads=2",
+                                         "--set", "scaling.base_width=32"])
+    assert result["matrices"] == 2 * 7 and not result["compiled"]
+    assert result["merged_vs_today_rel_diff"] < 1e-5 and result["rebuilt_w_rel_diff"] < 1e-6
+    assert set(result["median_ms"]) == {"plain", "plain_compiled", "today", "merged"}
+    assert '"ms_above_plain"' in capsys.readouterr().out
