@@ -4,7 +4,7 @@
 ``diagnostics.gain_sequences`` fixed sequences. From its second measurement on it stops that forward before the
 head and takes the head's gain from ``X^T X`` and ``W^T W`` (where that is cheaper than the logits). This script
 times, on a trained session's model with its effective weights built once (as inside a measurement), interleaved
-in shuffled order, medians:
+in alternating order, medians:
 
 - ``plain``: the model's forward alone, no hooks (what any gains measurement costs at least);
 - ``full``: :func:`~widthwise.diagnostics.gains.sublayer_gains` with the head's logits;
@@ -21,16 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
-import random
 import statistics
-import time
 
 import torch
 from torch.nn.utils import parametrize
 
 from widthwise.app.bench.sessions import Setting, session, train_step
-from widthwise.app.bench.timing import load_average
+from widthwise.app.bench.timing import interleaved, load_average, machine
 from widthwise.diagnostics.gains import gain_modules, sublayer_gains
 
 
@@ -66,21 +63,15 @@ def main(argv: list[str] | None = None) -> dict:
     variants = {"plain": plain,
                 "full": lambda: sublayer_gains(model, batch, modules=modules),
                 "stopped": lambda: sublayer_gains(model, batch, modules=modules, stop_at=head)}
-    times: dict[str, list[float]] = {name: [] for name in variants}
     before = load_average()
     with parametrize.cached():  # the effective weights built once, as inside a measurement
         full, stopped = variants["full"](), variants["stopped"]()
-        for _ in range(args.rounds):
-            for name in random.sample(list(variants), len(variants)):
-                start = time.perf_counter()
-                variants[name]()
-                times[name].append(time.perf_counter() - start)
+        times = interleaved(variants, args.rounds)
     result = {
         "width": args.width, "sequences": sequences, "tokens": batch.numel(), "head": head,
         "median_ms": {name: round(statistics.median(t) * 1e3, 3) for name, t in times.items()},
         "max_rel_difference": max(abs(stopped[k] / full[k] - 1) for k in full if math.isfinite(full[k])),
-        "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-        "loadavg_before": before, "loadavg_after": load_average(),
+        "machine": machine(), "loadavg_before": before, "loadavg_after": load_average(),
     }
     print(json.dumps(result, indent=2))
     return result

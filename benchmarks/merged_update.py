@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
 import statistics
 import time
@@ -38,7 +37,7 @@ import torch
 
 from widthwise.app.bench.passes import EVICT_MB, multiplied_weights
 from widthwise.app.bench.sessions import Setting, session
-from widthwise.app.bench.timing import load_average
+from widthwise.app.bench.timing import load_average, machine
 from widthwise.fused_multipliers import scaled_weight
 
 LR, WD, MULT_LR, MULT_WD, B1, B2, EPS = 1e-3, 0.1, 2e-3, 0.002, 0.9, 0.95, 1e-8
@@ -164,8 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
         "ms_above_plain": {name: round(ms[name] - ms["plain"], 3) for name in ("today", "merged")},
         "merged_above_plain_compiled_ms": round(ms["merged"] - ms["plain_compiled"], 3),
         "merged_vs_today_rel_diff": rel, "rebuilt_w_rel_diff": rebuilt,
-        "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-        "loadavg_before": before, "loadavg_after": load_average(),
+        "machine": machine(), "loadavg_before": before, "loadavg_after": load_average(),
     }
     print(json.dumps(result, indent=1))
     return result
