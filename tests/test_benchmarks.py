@@ -48,6 +48,7 @@ def test_multiplier_floor_benchmark_compiles_the_floor(data_cache):
     _check_floor(load("multiplier_floor").main(FLOOR), {"widthwise", "products", "fused", "compiled"})
 
 
+@pytest.mark.slow
 def test_gains_forward_benchmark_times_the_stop_before_the_head(data_cache, capsys):
     result = load("gains_forward").main(["--config", "tiny", "--width", "32", "--seq", "16", "--sequences", "4",
                                          "--steps", "1", "--rounds", "2", "--threads", "1",
@@ -80,6 +81,7 @@ def test_the_gpu_check_script_runs_its_bench_and_writes_what_comes_back(data_cac
     assert failed.returncode == 2  # the bench's exit code comes through the pipe to tee
 
 
+@pytest.mark.slow
 def test_merged_update_benchmark_moves_the_parameters_as_todays_path_does(data_cache, capsys):
     result = load("merged_update").main(["--config", "tiny", "--width", "32", "--rounds", "2", "--evict-mb", "1",
                                          "--threads", "1", "--no-compile", "--set", "model.kv_heads=2",
