@@ -90,3 +90,15 @@ def test_merged_update_benchmark_moves_the_parameters_as_todays_path_does(data_c
     assert result["merged_vs_today_rel_diff"] < 1e-5 and result["rebuilt_w_rel_diff"] < 1e-6
     assert set(result["median_ms"]) == {"plain", "plain_compiled", "today", "merged"}
     assert '"ms_above_plain"' in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_merged_step_benchmark_trains_as_todays_path_does(data_cache, capsys):
+    result = load("merged_step").main(["--config", "tiny", "--width", "32", "--batch-size", "2", "--rounds", "2",
+                                       "--threads", "1", "--no-compile", "--set", "model.kv_heads=2",
+                                       "--set", "scaling.base_width=32"])
+    gaps = result["same_state_gaps"]
+    assert max(gaps["V"], gaps["r"], gaps["c"]) < 1e-3 and gaps["W_rebuilt"] < 1e-6
+    assert set(result["median_ms"]) == {"none", "none_aa", "row_col", "merged"} and all(result["median_ms"].values())
+    assert result["tokens_per_step"] == 256 and not result["compiled"]
+    assert '"ratio_to_none"' in capsys.readouterr().out
