@@ -107,3 +107,23 @@ def test_limit_list_and_refusals(random_hf, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert needle in err and err.count("\n") == 1
+
+
+def test_bootstrapped_stderr_is_computed_without_forking(random_hf, monkeypatch):
+    """lm-eval forks a multiprocessing pool for bootstrapped standard errors (perplexity here), which can deadlock a
+    process running torch's thread pools (a `widthwise eval` hung that way): evaluate() must never create one."""
+    import multiprocessing
+    import os
+
+    from widthwise.app.evaluation import evaluate
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a multiprocessing pool was created during widthwise eval")
+
+    monkeypatch.setattr(multiprocessing, "Pool", refuse)
+    monkeypatch.delenv("DISABLE_MULTIPROC", raising=False)
+    result = evaluate(random_hf, ["shakespeare_cloze"], limit=8, write=False)
+    cloze = result["tasks"]["shakespeare_cloze"]
+    assert cloze["metric"] == "perplexity" and cloze["n"] == 8
+    assert cloze["stderr"] is not None and cloze["stderr"] > 0  # bootstrapped, in this process
+    assert "DISABLE_MULTIPROC" not in os.environ  # the environment is restored

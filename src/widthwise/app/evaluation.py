@@ -6,16 +6,23 @@ any other name is one of lm-eval's own tasks, which works where its data is avai
 reach no hub: the datasets library runs offline). ``eval.json`` goes into the run directory, or next to an HF
 folder (``HF_DIR.eval.json``), and holds per task its headline metric, every metric with its standard error, and
 ``n`` (the items scored).
+
+Standard errors of metrics without a closed form (perplexity, median, F1...) are bootstrapped by lm-eval, which by
+default forks a ``multiprocessing.Pool`` of one process per CPU from this process. Forking a process that runs
+torch's thread pools can deadlock the child (seen here: ``widthwise eval`` hung for good inside lm-eval's
+``bootstrap_stderr``), so :func:`evaluate` runs the harness with lm-eval's ``DISABLE_MULTIPROC`` set: the same
+draws (each chunk of 1,000 seeded by its index, as in the pool) in this process, no fork.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +38,24 @@ logger = logging.getLogger(__name__)
 EVAL_FILE = "eval.json"
 #: lm-eval's metric keys carry a filter name: ``acc,none``, ``acc_stderr,none``.
 _FILTER = ",none"
+
+
+#: lm-eval's switch from its forked bootstrap pool to the same draws in one process.
+_NO_FORK = "DISABLE_MULTIPROC"
+
+
+@contextlib.contextmanager
+def _bootstrap_without_fork() -> Iterator[None]:
+    """lm-eval's bootstrapped standard errors computed in this process (no fork), the environment restored after."""
+    before = os.environ.get(_NO_FORK)
+    os.environ[_NO_FORK] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[_NO_FORK]
+        else:
+            os.environ[_NO_FORK] = before
 
 
 def list_tasks() -> dict[str, str]:
@@ -113,9 +138,10 @@ def evaluate(path: Path, tasks: Sequence[str], *, limit: int | None = None, batc
     model, tokenizer = load_model(path, step)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
     started = time.perf_counter()
-    out = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), limit=limit, task_manager=manager,
-                                  log_samples=False, bootstrap_iters=1000, random_seed=0, numpy_random_seed=0,
-                                  torch_random_seed=0)
+    with _bootstrap_without_fork():
+        out = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), limit=limit, task_manager=manager,
+                                      log_samples=False, bootstrap_iters=1000, random_seed=0, numpy_random_seed=0,
+                                      torch_random_seed=0)
     n_samples = out.get("n-samples", {})
     higher = out.get("higher_is_better", {})
     results = {name: _task_result(name, out["results"].get(name, {}), n_samples.get(name, {}).get("effective"),
