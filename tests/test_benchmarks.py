@@ -1,9 +1,15 @@
 """The benchmark scripts run at a tiny size and report every figure (no timing asserts)."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from widthwise.app.bench.figures import VARIANTS
+from widthwise.app.bench.passes import multiplied_weights
+from widthwise.app.bench.sessions import Setting, session
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -12,6 +18,7 @@ def load(name: str):
     """The benchmark script ``benchmarks/<name>.py`` as a module (they are scripts, not a package)."""
     spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dynamo looks a traced function's module up by name
     spec.loader.exec_module(module)
     return module
 
@@ -30,9 +37,9 @@ FLOOR = ["--config", "tiny", "--width", "32", "--batch", "2", "--seq", "16", "--
          "--evict-mb", "1", "--threads", "1", "--set", "model.kv_heads=2", "--set", "scaling.base_width=32"]
 
 
-def _check_floor(result: dict, paths: set[str]) -> None:
-    assert set(result["ms_above_leaf"]) == paths | {"embedding"}
-    assert set(result["median_ms"]) == paths | {"leaf", "embedding", "embedding_leaf"}
+def _check_floor(result: dict, paths: set[str], embedding: set[str] = frozenset()) -> None:
+    assert set(result["ms_above_leaf"]) == paths | embedding | {"embedding"}
+    assert set(result["median_ms"]) == paths | embedding | {"leaf", "embedding", "embedding_leaf"}
     assert result["matrices"] == 2 * 7 and result["tokens_per_step"] == 32 and result["step_ms"] > 0
     assert set(result["share_of_step"]) == set(result["ms_above_leaf"]) and len(result["loadavg_before"]) == 3
 
@@ -45,7 +52,13 @@ def test_multiplier_floor_benchmark_reports_each_path(data_cache, capsys):
 
 @pytest.mark.slow
 def test_multiplier_floor_benchmark_compiles_the_floor(data_cache):
-    _check_floor(load("multiplier_floor").main(FLOOR), {"widthwise", "products", "fused", "compiled"})
+    result = load("multiplier_floor").main(FLOOR)
+    _check_floor(result, {"widthwise", "products", "fused", "compiled", "compiled_fused"},
+                 {"embedding_compiled", "embedding_compiled_fused", "embedding_compiled_leaf"})
+    ms = result["median_ms"]
+    assert result["compiled_embedding_cost"] == {  # read against the compiled plain lookup
+        name: pytest.approx(ms[name] - ms["embedding_compiled_leaf"], abs=2e-4)
+        for name in ("embedding_compiled", "embedding_compiled_fused")}
 
 
 @pytest.mark.slow
@@ -102,3 +115,36 @@ def test_merged_step_benchmark_trains_as_todays_path_does(data_cache, capsys):
     assert set(result["median_ms"]) == {"none", "none_aa", "row_col", "merged"} and all(result["median_ms"].values())
     assert result["tokens_per_step"] == 256 and not result["compiled"] and result["first_merged_step_s"] >= 0
     assert '"ratio_to_none"' in capsys.readouterr().out
+
+
+DISPATCH = ["--config", "tiny", "--width", "32", "--batch-size", "2", "--seq", "16", "--rounds", "2", "--warmup", "1",
+            "--threads", "1", "--set", "model.kv_heads=2", "--set", "scaling.base_width=32"]
+
+
+def _check_dispatch(result: dict) -> None:
+    assert set(result["median_ms"]) == {"none", "none_aa", "products", "fused"}
+    for parts in result["median_ms"].values():
+        assert parts["step"] == pytest.approx(parts["forward_backward"] + parts["update"], rel=0.5)
+        assert parts["forward_backward"] > 0 and parts["update"] > 0
+    assert result["hand_written_layers"] == 2 * 7 and result["tokens_per_step"] == 32
+    assert set(result["ratio_to_none"]) == {"none_aa", "products", "fused"} and result["fused_over_products_paired"] > 0
+
+
+def test_compiled_dispatch_benchmark_puts_every_matrix_on_the_hand_written_backward(data_cache, capsys):
+    module = load("compiled_dispatch")
+    result = module.main([*DISPATCH, "--mode", "eager_fp32"])
+    _check_dispatch(result)
+    assert result["mode"] == "eager_fp32" and '"fused_over_products_paired"' in capsys.readouterr().out
+    run = session(Setting("tiny", 32, "eager_fp32", 2, 16, 1), ["model.kv_heads=2", "scaling.base_width=32",
+                                                                 *VARIANTS["row_col"]])
+    layers = [m for m in run.model.modules() if isinstance(m, torch.nn.Linear) and hasattr(m, "parametrizations")]
+    assert "ScaledWeight" not in type(layers[0].weight.grad_fn).__name__  # tiny weights: the products by default
+    assert module.on_hand_written_backward(run) == len(multiplied_weights(run.model)[0]) == len(layers)
+    assert all("ScaledWeight" in type(m.weight.grad_fn).__name__ for m in layers)
+
+
+@pytest.mark.slow
+def test_compiled_dispatch_benchmark_compiles_both_paths(data_cache):
+    result = load("compiled_dispatch").main(DISPATCH)
+    _check_dispatch(result)
+    assert result["mode"] == "compile" and "compile on" in result["runtime"]

@@ -10,6 +10,7 @@ from tests.helpers import llama, tokens
 
 import widthwise as ww
 from widthwise.app.bench.passes import bypassed, isolated_passes, matrix_paths, multiplied_weights
+from widthwise.fused_multipliers import scaled_embedding
 
 
 def _model(dtype: torch.dtype = torch.float32):
@@ -60,10 +61,19 @@ def test_isolated_passes_time_each_path_and_the_embedding_against_plain_use():
             pass
         return [v for v, _ in multiplied_weights(model)[0]]
 
+    looked_up = []
+
+    def plain_rows(ids, table, mult):  # an extra embedding path: the plain products on the looked-up rows
+        looked_up.append(ids.shape)
+        return scaled_embedding(ids, table, mult.row, mult.col, fused=False)
+
     r = isolated_passes(model, tokens(2, 8, 128), rounds=3, paths=("widthwise", "fused"), extra={"busy": busy},
-                        evict_mb=1)
-    assert set(r["median_ms"]) == {"widthwise", "fused", "leaf", "busy", "embedding", "embedding_leaf"}
-    assert set(r["ms_above_leaf"]) == {"widthwise", "fused", "busy", "embedding"}
+                        evict_mb=1, extra_embedding={"plain_rows": plain_rows})
+    assert set(r["median_ms"]) == {"widthwise", "fused", "leaf", "busy", "embedding", "embedding_leaf", "plain_rows"}
+    assert set(r["ms_above_leaf"]) == {"widthwise", "fused", "busy", "embedding", "plain_rows"}
+    assert looked_up == [(2, 8)] * 4  # one untimed call, then once a round, on the batch
+    assert r["ms_above_leaf"]["plain_rows"] == pytest.approx(
+        r["median_ms"]["plain_rows"] - r["median_ms"]["embedding_leaf"], abs=2e-4)
     assert r["median_ms"]["busy"] >= 20  # the busy loop is timed, whatever else the machine runs
     for name in ("widthwise", "fused", "busy"):  # what a path adds is its median less the plain weights' median
         assert r["ms_above_leaf"][name] == pytest.approx(r["median_ms"][name] - r["median_ms"]["leaf"], abs=2e-4)

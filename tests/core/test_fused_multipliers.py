@@ -172,8 +172,15 @@ def test_traced_expressions_match_in_eager(monkeypatch, kind, padding_idx):
     ids[0, 0] = ids[1, 1] = 2
     tensors = _inputs(weight, None, row, col)
     fused = fm.scaled_embedding(ids, weight, row, col, padding_idx)
+    assert "ScaledEmbedding" in type(fused.grad_fn).__name__
+    plain = fm.scaled_embedding(ids, weight, row, col, padding_idx, fused=False)
+    assert "ScaledEmbedding" not in type(plain.grad_fn).__name__
     monkeypatch.setattr(fm, "_compiling", lambda: True)
     traced = fm.scaled_embedding(ids, weight, row, col, padding_idx)
+    assert type(traced.grad_fn) is type(plain.grad_fn)  # under compile the default is the plain expression
+    torch.testing.assert_close(plain, traced, rtol=0, atol=0)
+    forced = fm.scaled_embedding(ids, weight, row, col, padding_idx, fused=True)
+    assert "ScaledEmbedding" in type(forced.grad_fn).__name__  # fused=True holds whatever the mode
     torch.testing.assert_close(traced, fused, rtol=0, atol=0)
     upstream = torch.randn(fused.shape, dtype=F64)
     for a, b in zip(_grads(tensors, traced, upstream), _grads(tensors, fused, upstream), strict=True):

@@ -95,15 +95,20 @@ def matrix_paths(matrices: list[Matrix]) -> dict[str, Callable[[], list[torch.Te
     return {"widthwise": build(None), "products": products, "fused": build(True), "leaf": leaf}
 
 
+EmbeddingPath = Callable[[torch.Tensor, torch.Tensor, Multipliers], torch.Tensor]
+
+
 def isolated_passes(model: nn.Module, ids: torch.Tensor, rounds: int, paths: tuple[str, ...] = ("widthwise", "leaf"),
                     extra: Mapping[str, Callable[[], list[torch.Tensor]]] | None = None, evict_mb: int = EVICT_MB,
-                    seed: int = 0) -> dict[str, Any]:
+                    seed: int = 0, extra_embedding: Mapping[str, EmbeddingPath] | None = None) -> dict[str, Any]:
     """Milliseconds of the multipliers' forward + backward on ``model``'s weights, each path against ``leaf``.
 
     ``paths`` picks from :func:`matrix_paths` (``leaf`` is always timed); ``extra`` adds named builders of the
     same weights (e.g. a compiled one). The embedding, if it has multipliers, is timed on the batch ``ids``: its
-    looked-up rows (``embedding``) against a plain lookup. Returns the medians (``median_ms``), each path's
-    cost above ``leaf`` (``ms_above_leaf``, the embedding's under ``embedding``) and what was timed.
+    looked-up rows (``embedding``) against a plain lookup; ``extra_embedding`` adds named lookups
+    ``f(ids, V, multipliers)`` (e.g. compiled ones), timed the same way. Returns the medians (``median_ms``),
+    each path's cost above ``leaf`` (``ms_above_leaf``; the embedding's paths above the plain lookup, under their
+    names) and what was timed.
     """
     matrices, embedding = multiplied_weights(model)
     if not matrices:
@@ -121,6 +126,8 @@ def isolated_passes(model: nn.Module, ids: torch.Tensor, rounds: int, paths: tup
         rows_grad = torch.randn(*ids.shape, table.shape[1], generator=generator, device=device, dtype=table.dtype)
         fns["embedding"] = lambda: scaled_embedding(ids, table, mult.row, mult.col).backward(rows_grad)
         fns["embedding_leaf"] = lambda: F.embedding(ids, table).backward(rows_grad)
+        for name, lookup in (extra_embedding or {}).items():
+            fns[name] = lambda f=lookup: f(ids, table, mult).backward(rows_grad)
     params = list(model.parameters())
     evict = torch.empty(evict_mb << 18, device=device)  # float32: 2^18 elements a MiB
 
@@ -143,7 +150,8 @@ def isolated_passes(model: nn.Module, ids: torch.Tensor, rounds: int, paths: tup
     ms = {name: round(1e3 * statistics.median(t), 4) for name, t in times.items()}
     above = {name: round(ms[name] - ms["leaf"], 4) for name in builders if name != "leaf"}
     if embedding is not None:
-        above["embedding"] = round(ms["embedding"] - ms["embedding_leaf"], 4)
+        for name in ("embedding", *(extra_embedding or {})):
+            above[name] = round(ms[name] - ms["embedding_leaf"], 4)
     return {"median_ms": ms, "ms_above_leaf": above, "rounds": rounds, "evict_mb": evict_mb,
             "matrices": len(matrices), "weight_elements": sum(v.numel() for v, _ in matrices),
             "embedding_lookups": ids.numel() if embedding is not None else 0}
