@@ -32,7 +32,7 @@ import torch
 from widthwise.app.bench.figures import VARIANTS
 from widthwise.app.bench.passes import multiplied_weights
 from widthwise.app.bench.sessions import Setting, session
-from widthwise.app.bench.timing import load_average, machine
+from widthwise.app.bench.timing import load_average, machine, timed
 from widthwise.app.session import Session
 from widthwise.app.setup import apply_update
 from widthwise.fused_multipliers import scaled_weight
@@ -53,15 +53,16 @@ def on_hand_written_backward(run: Session) -> int:
 
 
 def timed_step(run: Session) -> tuple[float, float]:
-    """Seconds of one training step's forward + backward, and of its update."""
-    x, y = run.sampler.next_batch()
-    start = time.perf_counter()
-    with run.runtime.autocast():
-        loss = run.step_model(x, y)
-    loss.backward()
-    middle = time.perf_counter()
-    apply_update(run.built, run.config)
-    return middle - start, time.perf_counter() - middle
+    """Seconds of one training step's forward + backward, and of its update (the bench's clock, GPU work included)."""
+    device = run.runtime.device
+    x, y = (t.to(device) for t in run.sampler.next_batch())
+
+    def forward_backward() -> None:
+        with run.runtime.autocast():
+            loss = run.step_model(x, y)
+        loss.backward()
+
+    return timed(forward_backward, device), timed(lambda: apply_update(run.built, run.config), device)
 
 
 def main(argv: list[str] | None = None) -> dict:
